@@ -1,0 +1,38 @@
+# scoreda — two commands on a fresh machine: `make run` (quickstart) and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+# pip 23 reads PIP_CONSTRAINT, pip 26 reads PIP_BUILD_CONSTRAINT inside build environments.
+export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
+export PIP_BUILD_CONSTRAINT := $(CURDIR)/constraints.txt
+export DS_ACCELERATOR ?= cpu
+export WANDB_MODE ?= offline
+export PYTHONUNBUFFERED := 1
+
+.PHONY: install run test lint bench clean-runs
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip setuptools wheel
+	$(PY) -m pip install -q torch==2.13.0 numpy==1.26.4
+	$(PY) -m pip install -q -e '.[local-mpi,dev]'
+	@# DeepSpeed JIT-compiles its CPU shared-memory comm op on first use; build it once here.
+	$(PY) -c "from deepspeed.ops.op_builder.cpu import ShareMemCommBuilder as B; B().load(verbose=False)"
+	@touch $@
+
+run: $(STAMP)
+	$(PY) workflows/cycle.py experiment=quickstart
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src workflows tests scripts
+
+clean-runs:
+	rm -rf runs/ outputs/ multirun/

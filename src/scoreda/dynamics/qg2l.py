@@ -1,0 +1,187 @@
+"""Two-layer quasi-geostrophic model (pyqg ``QGModel``) behind the ``Dynamics`` protocol.
+
+State: potential-vorticity anomaly q [1/s] of the upper and lower layer, tensor ``[M, 2, ny, nx]``
+(float32; pyqg works in float64), doubly periodic domain L × W. With F1 = rd⁻²/(1+δ),
+F2 = δ F1, δ = H1/H2, the streamfunction follows from
+
+    q1 = ∇²ψ1 + F1 (ψ2 − ψ1),        q2 = ∇²ψ2 + F2 (ψ1 − ψ2),
+
+and each layer is advected by its velocity plus the background zonal flow U1, U2:
+
+    ∂t q1 + J(ψ1, q1) + U1 ∂x q1 + (β + F1 (U1 − U2)) ∂x ψ1 = ssd
+    ∂t q2 + J(ψ2, q2) + U2 ∂x q2 + (β − F2 (U1 − U2)) ∂x ψ2 = −r_ek ∇²ψ2 + ssd
+
+(ssd: pyqg's exponential spectral filter, ``filterfac``). pyqg steps with third-order
+Adams–Bashforth, started by one forward-Euler and one AB2 step.
+
+The 2LQG of seed paper 003 (score-based DA for a two-layer QG model): "a torus-like 1000 km
+periodic domain", simulated with pyqg on "512×512 spatial bins" with "the integration timestep
+set to 15 min", coarsened to 256² and "5 years" of spin-up "from random initial conditions". The
+paper does not list the physical constants; its released generation script builds
+``pyqg.QGModel(nx=512, dt=900 s, tmax=...)`` and so uses pyqg's defaults, which are ours:
+
+    L = W = 1000 km, β = 1.5e-11 m⁻¹ s⁻¹, rd = 15 km, δ = H1/H2 = 0.25, H1 = 500 m (H2 = 2000 m),
+    U1 = 0.025 m/s, U2 = 0 (mean shear 0.025 m/s), r_ek = 5.787e-7 s⁻¹ (bottom drag, ≈ 20 days),
+    filterfac = 23.6, dt = 900 s.
+
+Our default grid is 64² (``nx``), not the paper's 512²; observations every ``cycle_hours`` = 12 h
+(48 steps). pyqg's own default step at 64², 7200 s, is also stable and 8× cheaper.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class QG2LParams:
+    nx: int = 64
+    L: float = 1.0e6
+    beta: float = 1.5e-11
+    rd: float = 15000.0
+    delta: float = 0.25
+    H1: float = 500.0
+    U1: float = 0.025
+    U2: float = 0.0
+    rek: float = 5.787e-7
+    filterfac: float = 23.6
+    dt: float = 900.0
+    cycle_hours: float = 12.0
+    ntd: int = 1
+
+    def pyqg_kwargs(self) -> dict:
+        """Keyword arguments of ``pyqg.QGModel`` for this setup (square domain, nx = ny)."""
+        kw = asdict(self)
+        kw.pop("cycle_hours")
+        kw["nx"], kw["ntd"] = int(kw["nx"]), int(kw["ntd"])
+        return kw
+
+
+def build_pyqg_model(params: QG2LParams):
+    """A quiet ``pyqg.QGModel``: no logging, no diagnostic accumulation, global numpy RNG untouched.
+
+    pyqg 0.7.2 cannot switch diagnostics off through ``diagnostics_list`` (anything but ``'all'``
+    raises AttributeError), so we deactivate them all and push the averaging start to +∞, which also
+    skips the per-step derived-field computation. Its constructor draws a random initial condition
+    from the global numpy RNG and calls the deprecated ``set_q`` (and pyfftw's deprecated aligned
+    allocator); the RNG state is restored and those two DeprecationWarnings are silenced.
+    """
+    import pyqg
+
+    rng_state = np.random.get_state()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Method deprecated", category=DeprecationWarning)
+            # pyfftw ≥ 0.13 deprecates n_byte_align_empty, which pyqg's kernel still calls
+            warnings.filterwarnings(
+                "ignore", message="This function is deprecated in favour of", category=DeprecationWarning
+            )
+            m = pyqg.QGModel(**params.pyqg_kwargs(), log_level=0, tavestart=float("inf"))
+    finally:
+        np.random.set_state(rng_state)
+    for diag in m.diagnostics.values():
+        diag["active"] = False
+    return m
+
+
+class TwoLayerQG:
+    """pyqg two-layer QG model; ``step(q[M, 2, nx, nx], n_steps)``. CPU only; loops over members.
+
+    One ``pyqg.QGModel`` instance is reused: for each member its PV is set, the Adams–Bashforth
+    history is cleared (the next step is forward Euler, as in a freshly built model) and pyqg's own
+    ``_step_forward`` is called ``n_steps`` times. So every call to ``step`` restarts the multistep
+    scheme: ``step(x, a + b)`` and ``step(step(x, a), b)`` agree only to the scheme's accuracy,
+    and each member's result is what a fresh ``pyqg.QGModel`` gives from that member's PV.
+    Input may be on any device; output is a CPU float32 tensor. Not thread-safe (one pyqg
+    instance): to run members in parallel, give each thread or process its own ``TwoLayerQG``.
+    """
+
+    def __init__(self, params: QG2LParams = QG2LParams()):
+        p = params
+        if int(p.nx) != p.nx or p.nx < 4 or p.nx % 2:
+            raise ValueError(f"model.nx: must be an even integer ≥ 4, got {p.nx}")
+        if not p.dt > 0:
+            raise ValueError(f"model.dt: must be positive, got {p.dt}")
+        steps = p.cycle_hours * 3600.0 / p.dt
+        if round(steps) < 1 or abs(steps - round(steps)) > 1e-9 * max(1.0, steps):
+            raise ValueError(f"model.dt: {p.dt} s does not divide model.cycle_hours={p.cycle_hours} h")
+        self.p = p
+        self.dt = float(p.dt)
+        self.state_shape = (2, int(p.nx), int(p.nx))
+        self.steps_per_cycle = int(round(steps))
+        self._m = build_pyqg_model(p)
+
+    @classmethod
+    def from_config(cls, cfg) -> TwoLayerQG:
+        """Build from a mapping (dict or omegaconf DictConfig); unknown keys (``name``, …) are ignored."""
+        names = QG2LParams.__dataclass_fields__
+        return cls(QG2LParams(**{k: cfg[k] for k in names if k in cfg}))
+
+    @property
+    def model(self):
+        """The underlying ``pyqg.QGModel`` (its state is whatever the last member left)."""
+        return self._m
+
+    # ---------------------------------------------------------------- helpers
+    def _as_numpy(self, x: torch.Tensor) -> np.ndarray:
+        if tuple(x.shape[-3:]) != self.state_shape or x.dim() != 4:
+            raise ValueError(f"TwoLayerQG: expected [M, {self.state_shape}], got {tuple(x.shape)}")
+        return x.detach().to("cpu", torch.float64).numpy()
+
+    def _load(self, q: np.ndarray) -> None:
+        """Set one member's PV and reset the time scheme so nothing of the previous member remains."""
+        m = self._m
+        m.dt = self.dt  # pyqg's dt setter resets the Adams–Bashforth level to forward Euler
+        m.dqhdt_p[...] = 0.0  # views onto the kernel's tendency history
+        m.dqhdt_pp[...] = 0.0
+        m.q = np.ascontiguousarray(q)  # copies into the kernel and updates qh
+
+    # ------------------------------------------------------------------ model
+    @torch.no_grad()
+    def step(self, x: torch.Tensor, n_steps: int = 1) -> torch.Tensor:
+        """Advance PV ``x[M, 2, ny, nx]`` [1/s] by ``n_steps`` steps of ``dt`` s; new CPU float32 tensor."""
+        q = self._as_numpy(x)
+        out = np.empty_like(q)
+        m = self._m
+        for i in range(q.shape[0]):
+            self._load(q[i])
+            for _ in range(n_steps):
+                m._step_forward()
+            out[i] = m.q
+        return torch.from_numpy(out.astype(np.float32))
+
+    @torch.no_grad()
+    def velocity(self, x: torch.Tensor, full: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Geostrophic (u, v) = (−∂ψ/∂y, ∂ψ/∂x) [m/s] of each layer, each ``[M, 2, ny, nx]`` float32.
+
+        These are pyqg's ``u, v`` (anomalies, as in the seed paper's state); ``full=True`` adds the
+        background zonal flow (U1, U2) to u.
+        """
+        q = self._as_numpy(x)
+        u, v = np.empty_like(q), np.empty_like(q)
+        m = self._m
+        for i in range(q.shape[0]):
+            m.q = np.ascontiguousarray(q[i])
+            m._invert()
+            u[i] = m.ufull if full else m.u
+            v[i] = m.v
+        return torch.from_numpy(u.astype(np.float32)), torch.from_numpy(v.astype(np.float32))
+
+    def initial_state(self, generator: torch.Generator, batch: int = 1) -> torch.Tensor:
+        """Small random PV like pyqg's own start, ``[batch, 2, ny, nx]`` on the CPU (float32).
+
+        Upper layer 1e-7·U(0,1) noise plus 1e-6·U(0,1) stripes that vary in x only; lower layer zero.
+        Baroclinic instability of the mean shear grows from it; spin up for several model years
+        (the seed paper used 5) before using the state. At 64² the statistics level off after about
+        3 years: spatial std of q ≈ 8e-6 s⁻¹ (upper) and 1.1e-6 s⁻¹ (lower), of u ≈ 0.046 and
+        0.008 m/s.
+        """
+        _, ny, nx = self.state_shape
+        noise = torch.rand((batch, ny, nx), generator=generator, dtype=torch.float64)
+        stripes = torch.rand((batch, 1, nx), generator=generator, dtype=torch.float64)
+        q1 = 1e-7 * noise + 1e-6 * stripes.expand(batch, ny, nx)
+        return torch.stack([q1, torch.zeros_like(q1)], dim=1).to(torch.float32)

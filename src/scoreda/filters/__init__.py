@@ -1,0 +1,54 @@
+"""Filters behind one protocol: ``analyse(prior[M, d], y, operator, generator) -> analysis[M, d]``."""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import torch
+
+from scoreda.observations import ObservationOperator
+
+
+@runtime_checkable
+class Filter(Protocol):
+    def analyse(self, prior: torch.Tensor, y: torch.Tensor, operator: ObservationOperator,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+        """Analysis ensemble [M, d] from the forecast ensemble [M, d] and observations y [p]."""
+        ...
+
+
+class NoAssimilation:
+    """``filter=none``: the analysis is the forecast (a free ensemble run)."""
+
+    def analyse(self, prior, y, operator, generator=None):
+        return prior.clone()
+
+
+def relax_spread(analysis: torch.Tensor, prior: torch.Tensor, rtps: float) -> torch.Tensor:
+    """RTPS (Whitaker & Hamill 2012): scale analysis anomalies so that, per dimension,
+    σ_new = rtps·σ_f + (1 − rtps)·σ_a  (σ: ensemble std, ddof=1). rtps=0 leaves it unchanged."""
+    if rtps == 0:
+        return analysis
+    mean = analysis.mean(0, keepdim=True)
+    sa = analysis.std(0, keepdim=True).clamp_min(torch.finfo(analysis.dtype).tiny)
+    sf = prior.std(0, keepdim=True)
+    return mean + (analysis - mean) * (1.0 + rtps * (sf - sa) / sa)
+
+
+def inflate(ensemble: torch.Tensor, factor: float) -> torch.Tensor:
+    """Multiplicative inflation of the anomalies about the ensemble mean."""
+    if factor == 1.0:
+        return ensemble
+    mean = ensemble.mean(0, keepdim=True)
+    return mean + factor * (ensemble - mean)
+
+
+def make_filter(filter_cfg) -> Filter:
+    name = filter_cfg["name"]
+    if name == "ensf":
+        from scoreda.filters.ensf import EnSF
+
+        return EnSF.from_config(filter_cfg)
+    if name == "none":
+        return NoAssimilation()
+    raise ValueError(f"filter.name: unknown filter {name!r} (expected ensf or none)")

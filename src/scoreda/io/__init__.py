@@ -1,0 +1,23 @@
+"""Checkpoint I/O: atomic, checksummed netCDF4/HDF5 files handed between workflow stages."""
+
+from scoreda.io.checkpoint import (
+    STATE_DIMS,
+    CheckpointError,
+    config_hash,
+    is_complete,
+    read_dataset_file,
+    read_state,
+    write_dataset_file,
+    write_state,
+)
+
+__all__ = [
+    "STATE_DIMS",
+    "CheckpointError",
+    "config_hash",
+    "is_complete",
+    "read_dataset_file",
+    "read_state",
+    "write_dataset_file",
+    "write_state",
+]

@@ -1,0 +1,306 @@
+"""HDF5/netCDF4 checkpoint files: the hand-off between workflow stages.
+
+One file per artefact per cycle (e.g. ``RUN/cycles/000123/analysis.h5``). Files are written through
+``h5netcdf`` so they are proper netCDF4 files with named dimensions (``xarray.open_dataset(path,
+engine="h5netcdf")`` works). Every variable carries the fletcher32 checksum filter.
+
+Guarantees:
+
+* No non-finite value is ever written: the writer validates everything before touching the disk.
+* Writing is atomic: a temporary file in the same directory is written, flushed, fsynced and then
+  ``os.replace``-d onto the final name (then the directory is fsynced). A file that exists is complete.
+* The reader raises a single :class:`CheckpointError` (``"<path>: <what is wrong>"``) for every kind of
+  bad file: missing, truncated, corrupted (checksum), wrong shape/dtype, missing or mismatching
+  variables/attributes, non-finite values.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import math
+import os
+import secrets
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import h5netcdf
+import numpy as np
+
+__all__ = [
+    "STATE_DIMS",
+    "CheckpointError",
+    "config_hash",
+    "is_complete",
+    "read_dataset_file",
+    "read_state",
+    "write_dataset_file",
+    "write_state",
+]
+
+STATE_DIMS = ("member", "level", "y", "x")
+
+Variables = dict[str, tuple[tuple[str, ...], np.ndarray]]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing or invalid. ``str(err)`` is one line: ``"<path>: <what is wrong>"``."""
+
+    def __init__(self, path: str | os.PathLike, problem: str):
+        self.path = str(path)
+        self.problem = " ".join(str(problem).split())  # always a single line
+        super().__init__(f"{self.path}: {self.problem}")
+
+
+# ----------------------------------------------------------------------------------------------- writing
+
+
+def _to_numpy(x: Any) -> np.ndarray:
+    """numpy array from an array-like or a torch tensor (any device; half precision upcast)."""
+    if hasattr(x, "detach"):  # torch tensor, without importing torch
+        x = x.detach().cpu()
+        if x.is_floating_point():
+            x = x.float()  # bfloat16 has no numpy equivalent; stored as float32 anyway
+        x = x.numpy()
+    return np.asarray(x)
+
+
+def _prepare_array(name: str, arr: Any) -> np.ndarray:
+    """Float -> float32 (must be finite after the cast), integer/bool -> int64; anything else refused."""
+    a = _to_numpy(arr)
+    if a.ndim == 0:
+        raise ValueError(f"variable {name!r} is 0-d; store scalars as attributes")
+    if a.dtype.kind == "f":
+        with np.errstate(over="ignore"):  # overflow to inf is reported just below
+            a = a.astype(np.float32)
+        if not np.isfinite(a).all():
+            raise ValueError(f"variable {name!r} contains {int((~np.isfinite(a)).sum())} non-finite values")
+        return a
+    if a.dtype.kind in "iub":
+        return a.astype(np.int64)
+    raise ValueError(f"variable {name!r} has unsupported dtype {a.dtype}")
+
+
+def _prepare_attr(name: str, value: Any) -> Any:
+    """str/int/float/bool/list-of-numbers -> something h5netcdf stores; bool becomes int."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool | int | float):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"attribute {name!r} is non-finite ({value})")
+        return int(value) if isinstance(value, bool) else value
+    if isinstance(value, list | tuple | np.ndarray):
+        a = np.asarray(value)
+        if a.ndim != 1 or (a.size and a.dtype.kind not in "iubf"):
+            raise ValueError(f"attribute {name!r} must be a flat list of numbers")
+        a = a.astype(np.int64) if a.dtype.kind in "iub" else a.astype(np.float64)
+        if not np.isfinite(a).all():
+            raise ValueError(f"attribute {name!r} contains non-finite values")
+        return a
+    raise ValueError(f"attribute {name!r} has unsupported type {type(value).__name__}")
+
+
+def _fsync_path(path: str | os.PathLike, directory: bool = False) -> None:
+    fd = os.open(path, os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if directory else 0))
+    try:
+        os.fsync(fd)
+    except OSError as e:  # a few filesystems cannot fsync a directory; the rename is done regardless
+        if not (directory and e.errno in (errno.EINVAL, errno.ENOTSUP)):
+            raise
+    finally:
+        os.close(fd)
+
+
+def _write_netcdf(tmp: Path, dims: dict[str, int], variables: Variables, attrs: dict) -> None:
+    with h5netcdf.File(tmp, "w") as f:
+        f.dimensions = dims
+        for key, value in attrs.items():
+            f.attrs[key] = value
+        for name, (vdims, arr) in variables.items():
+            f.create_variable(name, vdims, arr.dtype, data=arr, fletcher32=True)
+        f.flush()
+
+
+def write_dataset_file(
+    path: str | os.PathLike, variables: Mapping[str, tuple[tuple[str, ...], Any]], attrs: Mapping[str, Any]
+) -> None:
+    """Atomically write a netCDF4/HDF5 file.
+
+    ``variables``: name -> (dimension names, array of matching ndim); arrays may be numpy or torch.
+    Floats are stored float32, integers/bools int64; a dimension name must have one size across variables.
+    ``attrs``: file attributes (str, int, float, bool -> int, flat list of numbers).
+    Raises ValueError (before any file or directory is created) for non-finite or malformed input.
+    """
+    path = Path(path)
+    prepared: Variables = {}
+    dims: dict[str, int] = {}
+    for name, (vdims, arr) in variables.items():
+        a = _prepare_array(name, arr)
+        vdims = tuple(vdims)
+        if len(vdims) != a.ndim:
+            raise ValueError(f"variable {name!r}: {len(vdims)} dimension names for a {a.ndim}-d array")
+        for d, n in zip(vdims, a.shape, strict=True):
+            if dims.setdefault(d, n) != n:
+                raise ValueError(f"dimension {d!r} has size {dims[d]} and {n} (variable {name!r})")
+        prepared[name] = (vdims, a)
+    prepared_attrs = {str(k): _prepare_attr(str(k), v) for k, v in attrs.items()}
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+    try:
+        _write_netcdf(tmp, dims, prepared, prepared_attrs)
+        _fsync_path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_path(path.parent, directory=True)
+
+
+def write_state(
+    path: str | os.PathLike,
+    state: Any,
+    attrs: Mapping[str, Any],
+    extra: Mapping[str, tuple[tuple[str, ...], Any]] | None = None,
+) -> None:
+    """Write an ensemble state ``[member, level, y, x]`` (numpy or torch) as variable ``"state"``.
+
+    ``extra`` variables (name -> (dims, array)) may reuse the state dimensions, e.g. ``("y",)``.
+    """
+    arr = _to_numpy(state)
+    if arr.ndim != 4:
+        raise ValueError(f"state must be 4-d {STATE_DIMS}, got shape {arr.shape}")
+    variables = {"state": (STATE_DIMS, arr)}
+    for name, value in (extra or {}).items():
+        if name == "state":
+            raise ValueError("extra variable may not be called 'state'")
+        variables[name] = value
+    write_dataset_file(path, variables, attrs)
+
+
+# ----------------------------------------------------------------------------------------------- reading
+
+
+def _python_attr(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _attr_matches(actual: Any, expected: Any) -> bool:
+    """Strings compare exactly; numbers (and lists) with 1e-9 relative tolerance. h5netcdf returns a
+    one-element list as a scalar, so ``[x]`` and ``x`` are considered equal."""
+    if isinstance(actual, str) or isinstance(expected, str):
+        return actual == expected
+    try:
+        a = np.atleast_1d(np.asarray(actual, dtype=np.float64))
+        e = np.atleast_1d(np.asarray(expected, dtype=np.float64))
+    except (TypeError, ValueError):
+        return False
+    return a.shape == e.shape and bool(np.isclose(a, e, rtol=1e-9, atol=0.0).all())
+
+
+def _read(path: Path) -> tuple[dict[str, np.ndarray], dict[str, tuple[str, ...]], dict[str, Any]]:
+    """All variables (checked float32 + finite), their dimension names, and the file attributes."""
+    if not path.is_file():
+        raise CheckpointError(path, "file does not exist")
+    data: dict[str, np.ndarray] = {}
+    dims: dict[str, tuple[str, ...]] = {}
+    try:
+        with h5netcdf.File(path, "r", phony_dims="sort") as f:
+            attrs = {k: _python_attr(v) for k, v in f.attrs.items()}
+            for name, var in f.variables.items():
+                data[name] = np.asarray(var[...])
+                dims[name] = tuple(var.dimensions)
+    except CheckpointError:
+        raise
+    except OSError as e:  # truncated / not HDF5 / fletcher32 checksum mismatch
+        raise CheckpointError(path, f"unreadable or corrupted HDF5 file ({e})") from e
+    except Exception as e:  # malformed structure surfaced by h5netcdf/h5py
+        raise CheckpointError(path, f"invalid netCDF4 file ({type(e).__name__}: {e})") from e
+    for name, a in data.items():
+        if a.dtype.kind == "f":
+            if a.dtype != np.float32:
+                raise CheckpointError(path, f"variable {name!r} has dtype {a.dtype}, expected float32")
+            if not np.isfinite(a).all():
+                n = int((~np.isfinite(a)).sum())
+                raise CheckpointError(path, f"variable {name!r} contains {n} non-finite values")
+    return data, dims, attrs
+
+
+def _check(
+    path: Path,
+    data: dict[str, np.ndarray],
+    attrs: dict[str, Any],
+    expect: Mapping[str, tuple[int | None, ...]] | None,
+    expect_attrs: Mapping[str, Any] | None,
+) -> None:
+    for name, shape in (expect or {}).items():
+        if name not in data:
+            raise CheckpointError(path, f"missing variable {name!r}")
+        got = data[name].shape
+        if len(got) != len(shape) or any(s is not None and s != g for s, g in zip(shape, got, strict=False)):
+            raise CheckpointError(path, f"variable {name!r} has shape {got}, expected {tuple(shape)}")
+    for key, want in (expect_attrs or {}).items():
+        if key not in attrs:
+            raise CheckpointError(path, f"missing attribute {key!r}")
+        if not _attr_matches(attrs[key], want):
+            raise CheckpointError(path, f"attribute {key!r} is {attrs[key]!r}, expected {want!r}")
+
+
+def read_dataset_file(
+    path: str | os.PathLike,
+    expect: Mapping[str, tuple[int | None, ...]] | None = None,
+    expect_attrs: Mapping[str, Any] | None = None,
+) -> tuple[dict[str, np.ndarray], dict]:
+    """Read and validate a file written by :func:`write_dataset_file`.
+
+    ``expect``: name -> required shape (``None`` = any size on that axis). ``expect_attrs``: name -> required
+    value (numbers compared with 1e-9 relative tolerance). Floating variables must be float32 and finite.
+    Returns (variables as numpy arrays, attributes as python scalars/str/lists).
+    Raises :class:`CheckpointError` for any problem.
+    """
+    path = Path(path)
+    data, _, attrs = _read(path)
+    _check(path, data, attrs, expect, expect_attrs)
+    return data, attrs
+
+
+def read_state(
+    path: str | os.PathLike,
+    shape: tuple[int | None, int | None, int | None, int | None] | None = None,
+    expect_attrs: Mapping[str, Any] | None = None,
+) -> tuple[np.ndarray, dict]:
+    """Read the ``"state"`` variable, float32 ``[member, level, y, x]``, and the file attributes.
+
+    ``shape``: required ``(M, C, H, W)``, ``None`` entries = any size. Raises :class:`CheckpointError`.
+    """
+    path = Path(path)
+    data, dims, attrs = _read(path)
+    _check(path, data, attrs, {"state": tuple(shape) if shape is not None else (None,) * 4}, expect_attrs)
+    if dims["state"] != STATE_DIMS:
+        raise CheckpointError(path, f"variable 'state' has dimensions {dims['state']}, expected {STATE_DIMS}")
+    return data["state"], attrs
+
+
+def is_complete(path: str | os.PathLike, **kwargs: Any) -> bool:
+    """True iff ``read_state(path, **kwargs)`` would succeed."""
+    try:
+        read_state(path, **kwargs)
+    except CheckpointError:
+        return False
+    return True
+
+
+def config_hash(cfg: Mapping[str, Any]) -> str:
+    """First 16 hex chars of the sha256 of the canonical JSON of ``cfg`` (sorted keys, ``default=str``)."""
+    text = json.dumps(cfg, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -1,0 +1,141 @@
+"""Observation operators y = h(x) + ε, ε ~ N(0, σo² I), on flattened states x [M, d].
+
+Every operator here selects observed entries of the state (all of them, every k-th grid point, or
+random stations fixed from the seed) and applies an elementwise transform g (identity or arctan):
+
+    h(x) = g(x[idx]),   log p(y|x) = −½ ‖(y − h(x)) / σo‖²  (+ const)
+    ∇x log p(y|x) = Hᵀ [g'(x[idx]) (y − g(x[idx])) / σo²]          (autograd for nonlinear g)
+
+``curvature(x)`` is the diagonal of the Gauss–Newton Hessian of −log p, Hᵀ g'(x[idx])² / σo²; the
+EnSF uses it to treat the likelihood term semi-implicitly.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import torch
+
+TRANSFORMS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "linear": lambda x: x,
+    "arctan": torch.atan,
+}
+
+
+@runtime_checkable
+class ObservationOperator(Protocol):
+    """h: R^d → R^p with Gaussian errors of standard deviation ``sigma``."""
+
+    sigma: float
+    indices: torch.Tensor  # [p] flat state indices that are observed
+    linear: bool
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:  # [M, d] -> [M, p]
+        ...
+
+    def likelihood_score(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # [M, d]
+        ...
+
+    def curvature(self, x: torch.Tensor) -> torch.Tensor:  # [M, d] (or broadcastable)
+        ...
+
+
+@dataclass
+class PointObservation:
+    """Observe ``g(x[indices])``; ``g`` elementwise (``linear`` or ``arctan``)."""
+
+    indices: torch.Tensor
+    sigma: float
+    d: int
+    transform: str = "linear"
+
+    def __post_init__(self) -> None:
+        if self.transform not in TRANSFORMS:
+            raise ValueError(
+                f"observation.transform: expected one of {sorted(TRANSFORMS)}, got {self.transform!r}"
+            )
+        if not self.sigma > 0:
+            raise ValueError(f"observation.sigma: must be positive, got {self.sigma}")
+        self.g = TRANSFORMS[self.transform]
+        self.linear = self.transform == "linear"
+
+    @property
+    def n_obs(self) -> int:
+        return int(self.indices.numel())
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.g(x[..., self.indices.to(x.device)])
+
+    def _scatter(self, v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros_like(like)
+        out[..., self.indices.to(like.device)] = v
+        return out
+
+    def likelihood_score(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """∇x log p(y|x) for every member, [M, d]."""
+        if self.linear:
+            return self._scatter((y - self(x)) / self.sigma**2, x)
+        with torch.enable_grad():
+            xr = x.detach().requires_grad_(True)
+            loglik = -0.5 * (((y - self(xr)) / self.sigma) ** 2).sum()
+            (grad,) = torch.autograd.grad(loglik, xr)
+        return grad
+
+    def curvature(self, x: torch.Tensor) -> torch.Tensor:
+        """diag(Hᵀ R⁻¹ H) with H the Jacobian of h at x (Gauss–Newton), [M, d] or [d]."""
+        if self.linear:
+            inv_r = torch.full((self.n_obs,), 1.0 / self.sigma**2, dtype=x.dtype, device=x.device)
+            return self._scatter(inv_r, x[0] if x.dim() > 1 else x)
+        with torch.enable_grad():
+            xs = x[..., self.indices.to(x.device)].detach().requires_grad_(True)
+            (gprime,) = torch.autograd.grad(self.g(xs).sum(), xs)  # elementwise g: Jacobian diagonal
+        return self._scatter(gprime**2 / self.sigma**2, x)
+
+    def sample(self, truth: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Synthetic observations y = h(truth) + σo ε for a flat truth [d] → [p]."""
+        hx = self(truth)
+        noise = torch.randn(hx.shape, generator=generator, dtype=hx.dtype, device="cpu").to(hx.device)
+        return hx + self.sigma * noise
+
+    def to_grid(self, y: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+        """Observations placed on the state grid (NaN where unobserved), for plots; [*shape]."""
+        grid = torch.full((math.prod(shape),), float("nan"), dtype=y.dtype)
+        grid[self.indices.cpu()] = y.cpu()
+        return grid.reshape(shape)
+
+
+def observed_indices(kind: str, state_shape: tuple[int, int, int], every: int = 1, n_stations: int = 0,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
+    """Flat indices into a [C, H, W] state for ``identity``, ``subsample`` or ``stations``.
+
+    ``subsample`` keeps every ``every``-th point along y and x on all levels; ``stations`` draws
+    ``n_stations`` distinct horizontal positions (from ``generator``) observed on all levels.
+    """
+    C, H, W = state_shape
+    flat = torch.arange(C * H * W).reshape(C, H, W)
+    if kind == "identity":
+        return flat.reshape(-1)
+    if kind == "subsample":
+        if every < 1 or H % every or W % every:
+            raise ValueError(f"observation.every: {every} must divide the grid ({H}×{W})")
+        return flat[:, ::every, ::every].reshape(-1)
+    if kind == "stations":
+        if not 0 < n_stations <= H * W:
+            raise ValueError(f"observation.n_stations: must be in 1..{H * W}, got {n_stations}")
+        pos = torch.randperm(H * W, generator=generator)[:n_stations].sort().values
+        return flat.reshape(C, H * W)[:, pos].reshape(-1)
+    raise ValueError(f"observation.kind: unknown {kind!r} (expected identity, subsample or stations)")
+
+
+def make_observation_operator(
+    obs_cfg, state_shape: tuple[int, int, int], generator: torch.Generator | None = None
+) -> PointObservation:
+    """Build the operator of ``obs_cfg`` (keys kind, sigma, every, n_stations, transform)."""
+    idx = observed_indices(obs_cfg["kind"], state_shape, every=int(obs_cfg.get("every", 1)),
+                           n_stations=int(obs_cfg.get("n_stations", 0)), generator=generator)
+    d = math.prod(state_shape)
+    return PointObservation(indices=idx, sigma=float(obs_cfg["sigma"]), d=d,
+                            transform=obs_cfg.get("transform", "linear"))

@@ -1,0 +1,240 @@
+"""PNG figures of scores, fields, spectra and rank histograms.
+
+Figures are built with :class:`matplotlib.figure.Figure` and saved through the Agg canvas
+directly, never through pyplot: nothing is registered with pyplot's figure manager and the global
+backend is left untouched, so these functions are safe in headless jobs, threads and notebooks
+alike. Every function creates its own figure, creates the parent directories of ``path``, saves a
+PNG at 110 dpi, releases the figure and returns the path written.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+import numpy as np
+from matplotlib import ticker
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+__all__ = ["plot_fields", "plot_rank_histogram", "plot_scores", "plot_spectra"]
+
+DPI = 110
+_FORECAST = "tab:orange"
+_ANALYSIS = "tab:blue"
+
+
+def _np(x: Any) -> np.ndarray:
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x, dtype=np.float64)
+
+
+def _new_figure(figsize: tuple[float, float], **kw: Any) -> Figure:
+    fig = Figure(figsize=figsize, **kw)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig: Figure, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=DPI, format="png")
+    fig.clear()
+    return path
+
+
+class _PlainLogFormatter(ticker.LogFormatter):
+    """Label the ticks that :class:`~matplotlib.ticker.LogFormatter` labels, as plain numbers."""
+
+    def __call__(self, x: float, pos: int | None = None) -> str:
+        return f"{x:g}" if super().__call__(x, pos) else ""
+
+
+def plot_scores(
+    table: dict[str, Any], path: str | Path, title: str = "", units: str = "K", logy: bool = True
+) -> Path:
+    """RMSE (solid) and spread (dashed) of forecast and analysis against time in hours.
+
+    ``table`` holds arrays ``time_hours``, ``rmse_forecast``, ``rmse_analysis``,
+    ``spread_forecast``, ``spread_analysis`` (``cycle`` is accepted and ignored) and optionally a
+    float ``obs_error`` (σo), drawn as a grey horizontal line. Log y-axis unless ``logy=False``.
+    """
+    t = _np(table["time_hours"])
+    fig = _new_figure((7.5, 4.2), layout="constrained")
+    ax = fig.add_subplot()
+    for kind, color in (("forecast", _FORECAST), ("analysis", _ANALYSIS)):
+        ax.plot(t, _np(table[f"rmse_{kind}"]), "-", color=color, lw=1.6, label=f"RMSE {kind}")
+        ax.plot(t, _np(table[f"spread_{kind}"]), "--", color=color, lw=1.4, label=f"spread {kind}")
+    sigma_o = table.get("obs_error")
+    if sigma_o is not None:
+        ax.axhline(float(sigma_o), color="0.4", ls=":", lw=1.4, label=f"σo = {float(sigma_o):.3g} {units}")
+    if logy:
+        ax.set_yscale("log")
+        # plain numbers ("0.6", "2") instead of "6×10⁻¹", on the ticks matplotlib chooses to label
+        ax.yaxis.set_major_formatter(_PlainLogFormatter(labelOnlyBase=False))
+        ax.yaxis.set_minor_formatter(_PlainLogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
+    ax.set_xlabel("time (hours)")
+    ax.set_ylabel(f"RMSE, spread ({units})")
+    if t.size:
+        ax.set_xlim(t.min(), t.max())
+    ax.grid(True, which="major", alpha=0.3)
+    ax.grid(True, which="minor", alpha=0.1)
+    ax.legend(loc="best", fontsize="small", ncol=2)
+    if title:
+        ax.set_title(title)
+    return _save(fig, path)
+
+
+def _row_limits(arrays: list[np.ndarray]) -> tuple[float, float, bool]:
+    """Shared colour limits of one row; symmetric about zero when the data change sign."""
+    finite = [a[np.isfinite(a)] for a in arrays]
+    finite = [a for a in finite if a.size]
+    if not finite:
+        return -1.0, 1.0, True
+    lo = min(float(a.min()) for a in finite)
+    hi = max(float(a.max()) for a in finite)
+    if lo < 0.0 < hi:
+        m = max(-lo, hi)
+        return -m, m, True
+    if lo == hi:
+        lo, hi = lo - 0.5, hi + 0.5
+    return lo, hi, False
+
+
+def plot_fields(
+    fields: dict[str, Any],
+    path: str | Path,
+    level_names: tuple[str, ...] | list[str] = ("z=0", "z=H"),
+    units: str = "K",
+    title: str = "",
+) -> Path:
+    """Grid of image panels: one row per level, one column per named field.
+
+    Each field is ``[C, H, W]`` (``[H, W]`` is taken as one level). Colour limits are shared
+    along each row (symmetric about zero with a diverging map when the row's values change sign),
+    with one colorbar per row; NaN (e.g. unobserved points) is left blank. y increases upwards.
+    """
+    names = list(fields)
+    arrays = []
+    for name in names:
+        a = _np(fields[name])
+        if a.ndim == 2:
+            a = a[None]
+        if a.ndim != 3:
+            raise ValueError(f"field {name!r} must be [C, H, W], got shape {a.shape}")
+        arrays.append(a)
+    n_rows = max(a.shape[0] for a in arrays)
+    n_cols = len(names)
+    fig = _new_figure((2.6 * n_cols + 1.0, 2.5 * n_rows + (0.4 if title else 0.0)), layout="constrained")
+    axes = np.atleast_2d(fig.subplots(n_rows, n_cols, squeeze=False))
+    for r in range(n_rows):
+        row = [a[r] for a in arrays if a.shape[0] > r]
+        vmin, vmax, diverging = _row_limits(row)
+        cmap = matplotlib.colormaps["RdBu_r" if diverging else "viridis"].with_extremes(bad=(0, 0, 0, 0))
+        im = None
+        for c, (name, a) in enumerate(zip(names, arrays, strict=True)):
+            ax = axes[r, c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if a.shape[0] <= r:
+                ax.set_axis_off()
+                continue
+            im = ax.imshow(
+                np.ma.masked_invalid(a[r]),
+                origin="lower",
+                cmap=cmap,
+                vmin=vmin,
+                vmax=vmax,
+                interpolation="nearest",
+            )
+            if r == 0:
+                ax.set_title(name, fontsize="medium")
+            if c == 0:
+                label = level_names[r] if r < len(level_names) else f"level {r}"
+                ax.set_ylabel(label)
+        if im is not None:
+            cb = fig.colorbar(im, ax=list(axes[r, :]), shrink=0.9, pad=0.02)
+            cb.set_label(units)
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
+
+
+def _slope_label(slope: float) -> str:
+    frac = Fraction(slope).limit_denominator(12)
+    if abs(float(frac) - slope) < 1e-9:
+        text = str(frac.numerator) if frac.denominator == 1 else f"{frac.numerator}/{frac.denominator}"
+    else:
+        text = f"{slope:.3g}"
+    return f"$k^{{{text}}}$"
+
+
+def plot_spectra(
+    spectra: dict[str, tuple[Any, Any]],
+    path: str | Path,
+    slope: float | None = -5 / 3,
+    units: str = "m²/s²",
+    title: str = "",
+    k_units: str = "rad/m",
+) -> Path:
+    """Log-log spectra ``{label: (k, E)}`` with a labelled reference line ``∝ k^slope``.
+
+    Non-positive values are not drawn. The reference line (black, dotted) spans the middle of the
+    first curve's wavenumber range (from 20% to 75% of it in log k), a factor 3 above the
+    best fit of that slope to the curve there; ``slope=None`` omits it.
+    """
+    fig = _new_figure((6.0, 4.5), layout="constrained")
+    ax = fig.add_subplot()
+    first: tuple[np.ndarray, np.ndarray] | None = None
+    for label, (k, e) in spectra.items():
+        k, e = _np(k), _np(e)
+        ok = (k > 0) & (e > 0) & np.isfinite(e)
+        ax.loglog(k[ok], e[ok], lw=1.6, label=label)
+        if first is None and np.count_nonzero(ok) >= 2:
+            first = (k[ok], e[ok])
+    if slope is not None and first is not None:
+        k0, e0 = first
+        lk = np.log(k0)
+        lo, hi = np.exp(lk.min() + 0.2 * np.ptp(lk)), np.exp(lk.min() + 0.75 * np.ptp(lk))
+        kref = np.geomspace(lo, hi, 20)
+        # parallel to a least-squares line of fixed slope through the curve over that range
+        sel = (k0 >= lo) & (k0 <= hi)
+        sel = sel if np.any(sel) else np.ones_like(k0, dtype=bool)
+        offset = np.mean(np.log(e0[sel]) - slope * np.log(k0[sel]))
+        ax.loglog(kref, 3.0 * np.exp(offset) * kref**slope, "k:", lw=1.4, label=_slope_label(slope))
+    ax.set_xlabel(f"wavenumber k ({k_units})")
+    ax.set_ylabel(f"E(k) ({units})")
+    ax.grid(True, which="major", alpha=0.3)
+    ax.grid(True, which="minor", alpha=0.1)
+    ax.legend(loc="best", fontsize="small")
+    if title:
+        ax.set_title(title)
+    return _save(fig, path)
+
+
+def plot_rank_histogram(counts: Any, path: str | Path, title: str = "") -> Path:
+    """Bar chart of rank-histogram relative frequencies with the flat level 1/(M+1) dashed.
+
+    ``counts`` has length M+1 (from :func:`scoreda.metrics.rank_histogram`).
+    """
+    c = _np(counts)
+    total = c.sum()
+    freq = c / total if total > 0 else c
+    ranks = np.arange(c.size)
+    fig = _new_figure((6.0, 3.8), layout="constrained")
+    ax = fig.add_subplot()
+    ax.bar(ranks, freq, width=0.85, color=_ANALYSIS, alpha=0.8)
+    ax.axhline(1.0 / c.size, color="k", ls="--", lw=1.2, label=f"flat, 1/(M+1) = 1/{c.size}")
+    ax.set_xlabel("rank of truth among members (0 = below all)")
+    ax.set_ylabel("relative frequency")
+    ax.set_xlim(-0.6, c.size - 0.4)
+    if c.size <= 21:
+        ax.set_xticks(ranks)
+    top = max(float(np.max(freq)) if c.size else 0.0, 1.0 / max(c.size, 1))
+    ax.set_ylim(0.0, 1.25 * top)  # headroom so the legend never covers a bar
+    ax.legend(loc="upper right", fontsize="small")
+    ax.set_title(title or f"rank histogram ({int(total)} points)")
+    return _save(fig, path)
