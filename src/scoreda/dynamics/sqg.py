@@ -92,14 +92,15 @@ class SQG:
         self.inv_tanh = inv_tanh.to(dev, torch.float32)
         self.inv_sinh = inv_sinh.to(dev, torch.float32)
         # modes kept (Nyquist row/column dropped so the padded transforms are exact)
-        keep = (torch.fft.fftfreq(N, 1.0 / N).abs() < N // 2)[:, None] & (
-            torch.arange(N // 2 + 1) < N // 2
-        )[None, :]
+        keep = (torch.fft.fftfreq(N, 1.0 / N).abs() < N // 2)[:, None] & (torch.arange(N // 2 + 1) < N // 2)[
+            None, :
+        ]
         self.keep = keep.to(dev)
         ktot_cut = math.pi * N / p.L
-        self.hyperdiff = torch.exp(-(p.dt / p.diff_efold) * (kappa / ktot_cut) ** p.diff_order).to(
-            dev, torch.float32
-        ) * self.keep
+        self.hyperdiff = (
+            torch.exp(-(p.dt / p.diff_efold) * (kappa / ktot_cut) ** p.diff_order).to(dev, torch.float32)
+            * self.keep
+        )
         # padded-grid derivative operators (3/2 rule)
         self.Np = 3 * N // 2
         kp, lp = self._wavenumbers(self.Np)

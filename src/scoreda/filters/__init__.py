@@ -11,8 +11,13 @@ from scoreda.observations import ObservationOperator
 
 @runtime_checkable
 class Filter(Protocol):
-    def analyse(self, prior: torch.Tensor, y: torch.Tensor, operator: ObservationOperator,
-                generator: torch.Generator | None = None) -> torch.Tensor:
+    def analyse(
+        self,
+        prior: torch.Tensor,
+        y: torch.Tensor,
+        operator: ObservationOperator,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
         """Analysis ensemble [M, d] from the forecast ensemble [M, d] and observations y [p]."""
         ...
 

@@ -84,8 +84,13 @@ class EnSF:
         return (a * (w @ x) - z) / b2
 
     @torch.no_grad()
-    def analyse(self, prior: torch.Tensor, y: torch.Tensor, operator: ObservationOperator,
-                generator: torch.Generator | None = None) -> torch.Tensor:
+    def analyse(
+        self,
+        prior: torch.Tensor,
+        y: torch.Tensor,
+        operator: ObservationOperator,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
         """Analysis ensemble [M, d] from the forecast ensemble ``prior`` [M, d] and obs ``y`` [p]."""
         prior = inflate(prior, self.inflation)
         mean = prior.mean(0, keepdim=True)
@@ -95,8 +100,10 @@ class EnSF:
         y = y.to(prior)
         if operator.linear:
             curv = operator.curvature(prior) * std[0] ** 2
-        noise = lambda: torch.randn(prior.shape, generator=generator, dtype=prior.dtype,  # noqa: E731
-                                    device="cpu").to(prior.device)
+
+        def noise() -> torch.Tensor:  # drawn on the CPU so a seed gives the same numbers on any device
+            return torch.randn(prior.shape, generator=generator, dtype=prior.dtype).to(prior.device)
+
         z = noise()
         ts = torch.linspace(1.0, self.t_end, self.n_steps + 1, dtype=torch.float64).tolist()
         for t, t_next in zip(ts[:-1], ts[1:], strict=True):

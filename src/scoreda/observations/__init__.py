@@ -107,8 +107,13 @@ class PointObservation:
         return grid.reshape(shape)
 
 
-def observed_indices(kind: str, state_shape: tuple[int, int, int], every: int = 1, n_stations: int = 0,
-                     generator: torch.Generator | None = None) -> torch.Tensor:
+def observed_indices(
+    kind: str,
+    state_shape: tuple[int, int, int],
+    every: int = 1,
+    n_stations: int = 0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """Flat indices into a [C, H, W] state for ``identity``, ``subsample`` or ``stations``.
 
     ``subsample`` keeps every ``every``-th point along y and x on all levels; ``stations`` draws
@@ -134,8 +139,14 @@ def make_observation_operator(
     obs_cfg, state_shape: tuple[int, int, int], generator: torch.Generator | None = None
 ) -> PointObservation:
     """Build the operator of ``obs_cfg`` (keys kind, sigma, every, n_stations, transform)."""
-    idx = observed_indices(obs_cfg["kind"], state_shape, every=int(obs_cfg.get("every", 1)),
-                           n_stations=int(obs_cfg.get("n_stations", 0)), generator=generator)
+    idx = observed_indices(
+        obs_cfg["kind"],
+        state_shape,
+        every=int(obs_cfg.get("every", 1)),
+        n_stations=int(obs_cfg.get("n_stations", 0)),
+        generator=generator,
+    )
     d = math.prod(state_shape)
-    return PointObservation(indices=idx, sigma=float(obs_cfg["sigma"]), d=d,
-                            transform=obs_cfg.get("transform", "linear"))
+    return PointObservation(
+        indices=idx, sigma=float(obs_cfg["sigma"]), d=d, transform=obs_cfg.get("transform", "linear")
+    )

@@ -1,0 +1,158 @@
+"""What every stage shares: the run directory layout, the config, attributes and the CLI."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from scoreda.config import science_keys, state_shape, validate
+from scoreda.dynamics import Dynamics, make_dynamics
+from scoreda.io import config_hash, read_state, write_state
+
+ARTEFACTS = ("truth", "obs", "forecast", "analysis")
+
+
+def cycle_dir(run_dir: str | Path, cycle: int) -> Path:
+    return Path(run_dir) / "cycles" / f"{cycle:06d}"
+
+
+def artefact(run_dir: str | Path, cycle: int, name: str) -> Path:
+    """``RUN/cycles/NNNNNN/<name>.h5`` (``scores.json`` for ``name='scores'``)."""
+    suffix = ".json" if name == "scores" else ".h5"
+    return cycle_dir(run_dir, cycle) / f"{name}{suffix}"
+
+
+@functools.lru_cache(maxsize=8)
+def _load(path: str, mtime: float) -> DictConfig:
+    return validate(OmegaConf.load(path))
+
+
+def load_config(run_dir: str | Path) -> DictConfig:
+    """The validated, resolved config of a run (``RUN/config.yaml``), cached per process."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path}: no config.yaml in the run directory (start the run with workflows/cycle.py)"
+        )
+    return _load(str(path.resolve()), path.stat().st_mtime)
+
+
+def write_config(run_dir: str | Path, cfg: DictConfig) -> Path:
+    """Write the resolved config as ``RUN/config.yaml``, atomically.
+
+    An existing run directory must hold the same science (``science_keys``): resuming with other
+    numbers would mix two experiments, so that is refused with one line naming the file.
+    """
+    run_dir = Path(run_dir)
+    path = run_dir / "config.yaml"
+    if path.is_file():
+        old = validate(OmegaConf.load(path))
+        if config_hash(science_keys(old)) != config_hash(science_keys(cfg)):
+            changed = [k for k, v in science_keys(cfg).items() if science_keys(old)[k] != v]
+            raise ValueError(
+                f"{path}: the run directory holds another experiment (differs in {', '.join(changed)});"
+                " choose a new run_dir"
+            )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".config.yaml.tmp-{os.getpid()}")
+    tmp.write_text(OmegaConf.to_yaml(cfg))
+    os.replace(tmp, path)
+    return path
+
+
+def write_json(path: str | Path, obj) -> None:
+    """Atomic JSON write (temporary name, fsync, rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w") as fh:
+        json.dump(obj, fh, indent=1, sort_keys=True)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+class Run:
+    """A run directory with its config: paths, attributes and typed state I/O."""
+
+    def __init__(self, run_dir: str | Path):
+        self.dir = Path(run_dir)
+        self.cfg = load_config(self.dir)
+        self.hash = config_hash(science_keys(self.cfg))
+        self.shape = state_shape(self.cfg.model)
+        torch.set_num_threads(self.cfg.platform.threads_per_worker)
+
+    def path(self, cycle: int, name: str) -> Path:
+        return artefact(self.dir, cycle, name)
+
+    def attrs(self, cycle: int, kind: str) -> dict:
+        m = self.cfg.model
+        return {
+            "cycle": cycle,
+            "kind": kind,
+            "time_hours": cycle * m.cycle_hours,
+            "model": m.name,
+            "grid": list(self.shape),
+            "units": m.units,
+            "config_hash": self.hash,
+            "seed": self.cfg.seed,
+        }
+
+    def _shape(self, kind: str) -> tuple:
+        return (1 if kind == "truth" else self.cfg.members, *self.shape)
+
+    def done(self, cycle: int, kind: str) -> bool:
+        try:
+            self.read(cycle, kind)
+            return True
+        except (ValueError, OSError):
+            return False
+
+    def read(self, cycle: int, kind: str) -> torch.Tensor:
+        """State ``[M, C, H, W]`` of artefact ``kind`` at ``cycle``, validated (shape, hash, finite)."""
+        state, _ = read_state(
+            self.path(cycle, kind),
+            shape=self._shape(kind),
+            expect_attrs={"cycle": cycle, "config_hash": self.hash},
+        )
+        return torch.from_numpy(state)
+
+    def write(self, cycle: int, kind: str, state: torch.Tensor) -> None:
+        write_state(self.path(cycle, kind), state, self.attrs(cycle, kind))
+
+
+@functools.lru_cache(maxsize=4)
+def _dynamics(model_yaml: str, device: str) -> Dynamics:
+    return make_dynamics(OmegaConf.create(model_yaml), device=device)
+
+
+def dynamics(run: Run) -> Dynamics:
+    """The run's forecast model, built once per process."""
+    return _dynamics(OmegaConf.to_yaml(run.cfg.model), run.cfg.device)
+
+
+def record_time(run: Run, cycle: int, stage: str, t0: float) -> None:
+    """Wall time of one stage of one cycle, as ``RUN/timings/<stage>-NNNNNN.json``."""
+    write_json(
+        run.dir / "timings" / f"{stage}-{cycle:06d}.json",
+        {"stage": stage, "cycle": cycle, "seconds": time.perf_counter() - t0},
+    )
+
+
+def main(stage: Callable[..., object], description: str) -> None:
+    """``python -m scoreda.stages.<name> --run-dir RUN --cycle K`` for a stage function."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--run-dir", required=True, help="run directory holding config.yaml")
+    ap.add_argument("--cycle", type=int, required=True, help="cycle number (0 = initialisation)")
+    args = ap.parse_args()
+    out = stage(args.run_dir, args.cycle)
+    if out is not None:
+        print(json.dumps(out) if isinstance(out, dict) else out)

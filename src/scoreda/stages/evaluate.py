@@ -1,0 +1,152 @@
+"""Scores against the truth: ``evaluate`` (one cycle → ``scores.json``) and ``report`` (the run).
+
+``report`` writes ``metrics.csv`` (one row per cycle), ``summary.json`` (time means over cycles
+after ``burn_in``, wall times per stage) and the PNGs in ``plots/``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+
+from scoreda import metrics, plotting
+from scoreda.stages.common import Run, dynamics, main, write_json
+from scoreda.stages.nature import read_observations
+
+COLUMNS = (
+    "cycle",
+    "time_hours",
+    "rmse_forecast",
+    "rmse_analysis",
+    "spread_forecast",
+    "spread_analysis",
+    "crps_forecast",
+    "crps_analysis",
+)
+
+
+def evaluate(run_dir, cycle: int) -> dict:
+    """Scores of ``cycle`` (RMSE of the ensemble mean, spread, CRPS, rank histogram); cached as JSON."""
+    run = Run(run_dir)
+    path = run.path(cycle, "scores")
+    if path.is_file():
+        try:
+            out = json.loads(path.read_text())
+            if out.get("config_hash") == run.hash:
+                return out
+        except ValueError:
+            pass
+    truth, fc, an = run.read(cycle, "truth"), run.read(cycle, "forecast"), run.read(cycle, "analysis")
+    out = {"cycle": cycle, "time_hours": cycle * run.cfg.model.cycle_hours, "config_hash": run.hash}
+    out |= metrics.scores(fc, an, truth)
+    out["rank_histogram"] = metrics.rank_histogram(an, truth, np.random.default_rng(cycle)).tolist()
+    write_json(path, out)
+    return out
+
+
+def report(run_dir, cycles: int | None = None) -> dict:
+    """metrics.csv, summary.json and plots for cycles 1..``cycles`` (default: the config's)."""
+    run = Run(run_dir)
+    cfg = run.cfg
+    n = cycles or cfg.cycles
+    rows = [evaluate(run.dir, k) for k in range(1, n + 1)]
+    with open(run.dir / "metrics.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(COLUMNS)
+        w.writerows([[r[c] for c in COLUMNS] for r in rows])
+    after = [r for r in rows if r["cycle"] > cfg.burn_in]
+    summary = {f"mean_{c}": float(np.mean([r[c] for r in after])) for c in COLUMNS[2:]}
+    summary |= {
+        "cycles": n,
+        "burn_in": cfg.burn_in,
+        "scored_cycles": f"{cfg.burn_in + 1}-{n}",
+        "analysis_below_forecast_every_cycle": all(r["rmse_analysis"] < r["rmse_forecast"] for r in rows),
+        "obs_sigma": cfg.observation.sigma,
+        "units": cfg.model.units,
+        "experiment": cfg.experiment_name,
+        "filter": cfg.filter.name,
+        "model": cfg.model.name,
+        "rank_histogram": np.sum([r["rank_histogram"] for r in after], axis=0).tolist(),
+        "wall_seconds": _timings(run.dir),
+    }
+    write_json(run.dir / "summary.json", summary)
+    _plots(run, rows, summary, n)
+    return summary
+
+
+def _timings(run_dir: Path) -> dict:
+    per_stage: dict[str, list[float]] = {}
+    for f in sorted((run_dir / "timings").glob("*.json")):
+        t = json.loads(f.read_text())
+        per_stage.setdefault(t["stage"], []).append(t["seconds"])
+    return {
+        s: {"total": float(np.sum(v)), "mean": float(np.mean(v)), "count": len(v)}
+        for s, v in per_stage.items()
+    }
+
+
+def _plots(run: Run, rows: list[dict], summary: dict, n: int) -> None:
+    cfg, plots = run.cfg, run.dir / "plots"
+    table = {c: np.array([r[c] for r in rows]) for c in COLUMNS}
+    table["obs_error"] = cfg.observation.sigma if cfg.observation.transform == "linear" else None
+    title = f"{cfg.experiment_name}: {cfg.model.name}, {cfg.filter.name}, {cfg.members} members"
+    plotting.plot_scores(table, plots / "rmse_spread.png", title=title, units=cfg.model.units)
+    plotting.plot_rank_histogram(
+        summary["rank_histogram"],
+        plots / "rank_histogram.png",
+        title=f"analysis rank histogram, cycles {summary['scored_cycles']}",
+    )
+    truth, fc, an = run.read(n, "truth"), run.read(n, "forecast"), run.read(n, "analysis")
+    y, op = read_observations(run, n)
+    obs_grid = op.to_grid(y, run.shape).numpy() if cfg.observation.transform == "linear" else None
+    fields = {"truth": truth[0].numpy()}
+    if obs_grid is not None:
+        fields["observation"] = obs_grid
+    fields |= {"forecast mean": fc.mean(0).numpy(), "analysis mean": an.mean(0).numpy()}
+    if run.shape[1] > 1:  # 2-D models
+        plotting.plot_fields(
+            fields,
+            plots / "fields.png",
+            units=cfg.model.units,
+            level_names=("z=0", "z=H") if cfg.model.name == "sqg" else ("upper", "lower"),
+            title=f"cycle {n} (t = {n * cfg.model.cycle_hours:g} h)",
+        )
+        model = dynamics(run)
+        if hasattr(model, "velocity"):
+            spectra = {}
+            for name, x in (
+                ("truth", truth),
+                ("forecast mean", fc.mean(0, keepdim=True)),
+                ("analysis mean", an.mean(0, keepdim=True)),
+            ):
+                u, v = model.velocity(x.to(cfg.device))
+                spectra[name] = metrics.ke_spectrum(u.cpu(), v.cpu(), L=cfg.model.L)
+            spectra["analysis error"] = _error_ke(model, an, truth, cfg)
+            plotting.plot_spectra(spectra, plots / "ke_spectrum.png", title=f"kinetic energy, cycle {n}")
+
+
+def _error_ke(model, an, truth, cfg):
+    u, v = model.velocity((an.mean(0, keepdim=True) - truth).to(cfg.device))
+    return metrics.ke_spectrum(u.cpu(), v.cpu(), L=cfg.model.L)
+
+
+def summary_lines(summary: dict) -> list[tuple[str, str]]:
+    """(label, value) rows of the end-of-run table."""
+    u = summary["units"]
+    return [
+        ("scored cycles", summary["scored_cycles"]),
+        ("analysis RMSE", f"{summary['mean_rmse_analysis']:.3f} {u}"),
+        ("analysis spread", f"{summary['mean_spread_analysis']:.3f} {u}"),
+        ("forecast RMSE", f"{summary['mean_rmse_forecast']:.3f} {u}"),
+        ("forecast spread", f"{summary['mean_spread_forecast']:.3f} {u}"),
+        ("analysis CRPS", f"{summary['mean_crps_analysis']:.3f} {u}"),
+        ("observation error σo", f"{summary['obs_sigma']:g}"),
+        ("analysis < forecast every cycle", str(summary["analysis_below_forecast_every_cycle"])),
+    ]
+
+
+if __name__ == "__main__":
+    main(evaluate, "Evaluate stage: scores of cycle K against the truth (writes scores.json).")

@@ -1,0 +1,57 @@
+"""Experiment tracking: per-cycle scores to Weights & Biases (offline by default), or nowhere."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+SCALARS = (
+    "rmse_forecast",
+    "rmse_analysis",
+    "spread_forecast",
+    "spread_analysis",
+    "crps_forecast",
+    "crps_analysis",
+    "time_hours",
+)
+
+
+class Tracker:
+    """``log(scores)`` once per cycle, ``finish(summary)`` at the end. A no-op for ``logger=none``."""
+
+    def __init__(self, cfg: DictConfig, run_dir: str | Path):
+        self.run = None
+        lg = cfg.logger
+        if lg.name != "wandb":
+            return
+        os.environ.setdefault("WANDB_MODE", lg.mode)
+        os.environ.setdefault("WANDB_SILENT", "true")
+        import wandb
+
+        self.run = wandb.init(
+            project=lg.project,
+            entity=lg.entity,
+            mode=lg.mode,
+            dir=str(run_dir),
+            group=lg.group or cfg.experiment_name,
+            name=Path(run_dir).name,
+            config=OmegaConf.to_container(cfg, resolve=True),
+            reinit="finish_previous",
+        )
+        self.run.define_metric("cycle")
+        self.run.define_metric("*", step_metric="cycle")
+
+    def log(self, scores: dict) -> None:
+        if self.run is not None:
+            self.run.log({"cycle": scores["cycle"], **{k: scores[k] for k in SCALARS if k in scores}})
+
+    def finish(self, summary: dict | None = None) -> None:
+        if self.run is None:
+            return
+        for k, v in (summary or {}).items():
+            if isinstance(v, int | float | str):
+                self.run.summary[k] = v
+        self.run.finish()
+        self.run = None

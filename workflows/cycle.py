@@ -1,0 +1,156 @@
+"""The cycled OSSE as a Parsl DAG, configured by Hydra.
+
+    python workflows/cycle.py experiment=quickstart cycles=10 run_dir=/tmp/r1 filter=ensf
+
+Cycle k: nature(k) (truth + observations, runs ahead), forecast(k) after analysis(k−1),
+analysis(k) after forecast(k) and nature(k), evaluate(k) after analysis(k). Futures are chained
+over all cycles before anything is awaited. Every stage skips itself when its outputs exist and
+validate, so re-running the same command resumes an interrupted run.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import hydra
+import parsl
+from omegaconf import DictConfig
+from parsl import python_app
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "workflows"))
+# Parsl's interchange and worker pool (and mpiexec) are scripts beside this interpreter.
+os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+
+from platforms import parsl_config, precheck_groups  # noqa: E402
+
+from scoreda.config import ConfigError, validate  # noqa: E402
+from scoreda.stages.common import write_config  # noqa: E402
+from scoreda.stages.evaluate import summary_lines  # noqa: E402
+from scoreda.tracking import Tracker  # noqa: E402
+
+
+@python_app
+def nature_app(run_dir, cycle, inputs=()):
+    from scoreda.stages.nature import nature
+
+    return nature(run_dir, cycle)
+
+
+@python_app
+def forecast_app(run_dir, cycle, inputs=()):
+    from scoreda.stages.forecast import forecast
+
+    return forecast(run_dir, cycle)
+
+
+@python_app
+def analysis_app(run_dir, cycle, inputs=()):
+    from scoreda.stages.analysis import analysis
+
+    return analysis(run_dir, cycle)
+
+
+@python_app
+def evaluate_app(run_dir, cycle, inputs=()):
+    from scoreda.stages.evaluate import evaluate
+
+    return evaluate(run_dir, cycle)
+
+
+@python_app
+def report_app(run_dir, cycles, inputs=()):
+    from scoreda.stages.evaluate import report
+
+    return report(run_dir, cycles)
+
+
+def build_dag(run_dir: str, cycles: int):
+    """Chain the futures of every cycle; returns (evaluate futures, report future)."""
+    truth = nature_app(run_dir, 0)
+    ensemble = truth  # cycle 0 writes the initial ensemble too
+    scores = []
+    for k in range(1, cycles + 1):
+        truth = nature_app(run_dir, k, inputs=[truth])
+        fc = forecast_app(run_dir, k, inputs=[ensemble])
+        ensemble = analysis_app(run_dir, k, inputs=[fc, truth])
+        scores.append(evaluate_app(run_dir, k, inputs=[ensemble]))
+    return scores, report_app(run_dir, cycles, inputs=scores)
+
+
+def run(cfg: DictConfig) -> dict:
+    run_dir = str(Path(cfg.run_dir).resolve())
+    write_config(run_dir, cfg)
+    tracker = Tracker(cfg, run_dir)
+    t0 = time.perf_counter()
+    with parsl.load(parsl_config(cfg, run_dir)):
+        scores, final = build_dag(run_dir, cfg.cycles)
+        progress = _progress(cfg)
+        for fut in scores:  # log in cycle order as results arrive
+            s = fut.result()
+            tracker.log(s)
+            progress(s)
+        summary = final.result()
+    parsl.clear()
+    summary["wall_seconds_total"] = time.perf_counter() - t0
+    tracker.finish(summary)
+    _print_summary(cfg, run_dir, summary)
+    return summary
+
+
+def _progress(cfg):
+    if not cfg.progress:
+        return lambda s: None
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    bar = Progress(
+        TextColumn("[bold]cycles"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[info]}"),
+        transient=False,
+    )
+    task = bar.add_task("cycles", total=cfg.cycles, info="")
+    bar.start()
+    u = cfg.model.units
+
+    def update(s):
+        bar.update(task, advance=1, info=f"RMSE fc {s['rmse_forecast']:.3f} an {s['rmse_analysis']:.3f} {u}")
+        if s["cycle"] == cfg.cycles:
+            bar.stop()
+
+    return update
+
+
+def _print_summary(cfg, run_dir, summary):
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{cfg.experiment_name}: time means over cycles {summary['scored_cycles']}")
+    table.add_column("score")
+    table.add_column("value", justify="right")
+    for label, value in summary_lines(summary):
+        table.add_row(label, value)
+    table.add_row("wall time", f"{summary['wall_seconds_total']:.1f} s")
+    console = Console()
+    console.print(table)
+    console.print(f"outputs: {run_dir}/ (metrics.csv, summary.json, plots/*.png, cycles/NNNNNN/*.h5)")
+
+
+@hydra.main(config_path="../configs", config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    try:
+        cfg = validate(cfg)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        sys.exit(2)
+    run(cfg)
+
+
+if __name__ == "__main__":
+    precheck_groups(ROOT / "configs", sys.argv[1:])
+    main()

@@ -1,0 +1,56 @@
+"""Parsl configurations per platform (``configs/platform/``), and a pre-check of group choices."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from omegaconf import DictConfig
+from parsl.config import Config
+from parsl.executors import HighThroughputExecutor
+from parsl.providers import LocalProvider
+
+
+def parsl_config(cfg: DictConfig, run_dir: str) -> Config:
+    p = cfg.platform
+    if p.name == "local":
+        htex = HighThroughputExecutor(
+            label="local",
+            address=p.address,
+            loopback_address=p.address,
+            max_workers_per_node=p.workers,
+            cores_per_worker=1,
+            heartbeat_period=2,
+            heartbeat_threshold=10,
+            poll_period=10,
+            provider=LocalProvider(
+                init_blocks=1,
+                min_blocks=1,
+                max_blocks=1,
+                worker_init=f"export OMP_NUM_THREADS={p.threads_per_worker}",
+            ),
+        )
+        return Config(
+            executors=[htex],
+            run_dir=str(Path(run_dir) / "runinfo"),
+            retries=p.retries,
+            strategy="none",
+            initialize_logging=False,
+        )
+    raise ValueError(f"platform.name: unknown platform {p.name!r}")
+
+
+def precheck_groups(config_dir: Path, overrides: list[str]) -> None:
+    """Reject ``group=option`` overrides whose option file does not exist, in one line, before Hydra."""
+    for arg in overrides:
+        if "=" not in arg or arg.startswith(("-", "+", "~", "hydra")):
+            continue
+        key, value = arg.split("=", 1)
+        group = config_dir / key
+        if group.is_dir() and "," not in value and not (group / f"{value}.yaml").is_file():
+            options = sorted(f.stem for f in group.glob("*.yaml"))
+            print(
+                f"config error: {key}: unknown option {value!r} (available: {', '.join(options)})",
+                file=sys.stderr,
+            )
+            sys.exit(2)
