@@ -146,7 +146,7 @@ def _merge(schema, section, key: str) -> DictConfig:
     try:
         return OmegaConf.merge(OmegaConf.structured(schema), section)
     except OmegaConfBaseException as e:
-        full = f"{key}.{e.full_key}" if getattr(e, "full_key", None) else key
+        full = ".".join(k for k in (key, getattr(e, "full_key", None)) if k)
         msg = str(e).splitlines()[0]
         if "not in struct" in msg or "Key '" in msg and "not" in msg:
             msg = "not a valid key"

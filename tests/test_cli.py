@@ -1,0 +1,154 @@
+"""Command-line behaviour: `workflows/cycle.py` refuses bad configs in one line before touching the
+disk, and each stage runs alone as `python -m scoreda.stages.<name> --run-dir RUN --cycle K`."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import xarray as xr
+from hydra import compose, initialize_config_dir
+
+from scoreda.config import validate
+from scoreda.stages.common import write_config
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
+ENV = {**os.environ, "WANDB_MODE": "offline", "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu")}
+
+TINY = (
+    "model.N=16",
+    "members=4",
+    "cycles=2",
+    "burn_in=0",
+    "model.spinup_cycles=4",
+    "model.member_spacing_cycles=1",
+    "filter.n_steps=10",
+)
+
+
+def _run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, *args], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def _stage(name: str, run_dir: Path, cycle: int) -> subprocess.CompletedProcess:
+    return _run("-m", f"scoreda.stages.{name}", "--run-dir", str(run_dir), "--cycle", str(cycle))
+
+
+def _config(run_dir: Path, *overrides: str):
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        cfg = compose("config", overrides=[*TINY, f"run_dir={run_dir}", *overrides])
+    return validate(cfg)
+
+
+# ----------------------------------------------------------------------------------- workflows/cycle.py
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        (["members=-3"], "members"),
+        (["filter=foo"], "filter"),  # unknown group option: precheck_groups, before Hydra
+        (["observation=subsample", "observation.every=5"], "observation.every"),
+    ],
+    ids=["members", "filter-option", "observation.every"],
+)
+def test_cycle_rejects_bad_config_in_one_line(tmp_path, overrides, key):
+    run_dir = tmp_path / "r"
+    p = _run("workflows/cycle.py", *overrides, f"run_dir={run_dir}", timeout=60)
+    assert p.returncode == 2, p.stderr
+    lines = [line for line in p.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, p.stderr
+    assert lines[0].startswith(f"config error: {key}:"), lines[0]
+    assert not run_dir.exists(), f"created {sorted(str(f) for f in run_dir.rglob('*'))}"
+
+
+def test_cycle_help_lists_the_config_groups():
+    p = _run("workflows/cycle.py", "--help", timeout=60)
+    assert p.returncode == 0, p.stderr
+    for group in ("model", "observation", "filter", "forecaster", "platform", "logger", "experiment"):
+        assert f"{group}:" in p.stdout, group
+    assert "filter: ensf, none" in p.stdout
+
+
+# ------------------------------------------------------------------------------------ stages, one by one
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A 16² SQG run with 4 members, taken through cycle 1 by the stage CLIs, one process each."""
+    run_dir = tmp_path_factory.mktemp("stages") / "run"
+    write_config(run_dir, _config(run_dir))
+    results = {}
+    for name, cycle in (("nature", 0), ("nature", 1), ("forecast", 1), ("analysis", 1), ("evaluate", 1)):
+        p = _stage(name, run_dir, cycle)
+        results[(name, cycle)] = p
+        assert p.returncode == 0, f"{name} --cycle {cycle} failed:\n{p.stderr}"
+    return run_dir, results
+
+
+@pytest.mark.slow
+def test_stages_write_cycle_artefacts(tiny_run):
+    run_dir, _ = tiny_run
+    cyc = run_dir / "cycles" / "000001"
+    for name in ("truth", "obs", "forecast", "analysis"):
+        assert (cyc / f"{name}.h5").is_file(), name
+    assert (run_dir / "cycles" / "000000" / "analysis.h5").is_file()  # the initial ensemble
+    with xr.open_dataset(cyc / "analysis.h5", engine="h5netcdf") as ds:
+        assert ds["state"].dims == ("member", "level", "y", "x")
+        assert ds["state"].shape == (4, 2, 16, 16)
+        assert int(ds.attrs["cycle"]) == 1
+
+
+@pytest.mark.slow
+def test_evaluate_writes_finite_scores(tiny_run):
+    run_dir, results = tiny_run
+    scores = json.loads((run_dir / "cycles" / "000001" / "scores.json").read_text())
+    assert scores["cycle"] == 1
+    assert math.isfinite(scores["rmse_analysis"]) and scores["rmse_analysis"] > 0
+    assert math.isfinite(scores["rmse_forecast"])
+    assert json.loads(results[("evaluate", 1)].stdout)["rmse_analysis"] == scores["rmse_analysis"]
+
+
+@pytest.mark.slow
+def test_rerunning_a_done_stage_is_a_no_op(tiny_run):
+    run_dir, _ = tiny_run
+    path = run_dir / "cycles" / "000001" / "forecast.h5"
+    before, mtime = path.read_bytes(), path.stat().st_mtime_ns
+    p = _stage("forecast", run_dir, 1)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == str(path)
+    assert path.stat().st_mtime_ns == mtime
+    assert path.read_bytes() == before
+
+
+@pytest.mark.slow
+def test_stage_without_its_input_fails_naming_the_file(tiny_run):
+    run_dir, _ = tiny_run
+    p = _stage("analysis", run_dir, 2)  # forecast of cycle 2 was never made
+    assert p.returncode != 0
+    missing = run_dir / "cycles" / "000002" / "forecast.h5"
+    assert str(missing) in p.stderr, p.stderr
+    assert not (run_dir / "cycles" / "000002" / "analysis.h5").exists()
+
+
+# ------------------------------------------------------------------------------------------ write_config
+
+
+def test_write_config_refuses_another_experiment(tmp_path):
+    run_dir = tmp_path / "r"
+    path = write_config(run_dir, _config(run_dir))
+    assert path == run_dir / "config.yaml"
+    original = path.read_text()
+    with pytest.raises(ValueError, match=r"config\.yaml") as info:
+        write_config(run_dir, _config(run_dir, "seed=1"))
+    assert "seed" in str(info.value) and "\n" not in str(info.value)
+    assert path.read_text() == original  # left as it was
+    # A resume with more cycles is the same experiment.
+    write_config(run_dir, _config(run_dir, "cycles=5"))
+    assert "cycles: 5" in path.read_text()

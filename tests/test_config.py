@@ -1,0 +1,106 @@
+"""Tests for scoreda.config: every YAML in configs/ composes and validates; bad values are refused
+with one line naming the key; science_keys covers exactly what changes the numbers."""
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from scoreda.config import ConfigError, science_keys, validate
+from scoreda.io import config_hash
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def _compose(*overrides: str):
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        return compose("config", overrides=list(overrides))
+
+
+def _options() -> list[tuple[str, str]]:
+    return [
+        (group.name, option.stem)
+        for group in sorted(p for p in CONFIGS.iterdir() if p.is_dir())
+        for option in sorted(group.glob("*.yaml"))
+    ]
+
+
+def test_config_tree_has_the_expected_groups():
+    groups = {g for g, _ in _options()}
+    assert {"model", "observation", "filter", "forecaster", "platform", "logger", "experiment"} <= groups
+
+
+@pytest.mark.parametrize(("group", "option"), _options(), ids=[f"{g}={o}" for g, o in _options()])
+def test_every_config_composes_and_validates(group, option):
+    cfg = validate(_compose(f"{group}={option}"))
+    if group == "experiment":
+        assert cfg.experiment_name == option
+    else:
+        assert cfg[group].name == option  # each option file names itself
+    if (group, option) == ("filter", "none"):  # no EnSF keys in none.yaml: the schema fills them
+        assert cfg.filter.rtps == 0.0 and cfg.filter.inflation == 1.0
+
+
+def test_default_config_validates():
+    cfg = validate(_compose())
+    assert (cfg.model.name, cfg.observation.name, cfg.filter.name) == ("sqg", "full", "ensf")
+    assert cfg.members == 20 and "hydra" not in cfg
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        (["members=-3"], "members:"),
+        (["members=abc"], "members:"),
+        (["filter.name=foo"], "filter.name:"),
+        (["observation=subsample", "observation.every=5"], "observation.every:"),
+        (["filter.n_steps=0"], "filter.n_steps:"),
+        (["model.dt=1000"], "model.dt:"),
+        (["filter.rtps=1.5"], "filter.rtps:"),
+        (["observation.sigma=0"], "observation.sigma:"),
+        (["filter.ranks=50"], "filter.ranks:"),
+        (["+bogus=1"], "bogus:"),
+    ],
+    ids=lambda v: " ".join(v) if isinstance(v, list) else None,
+)
+def test_validate_rejects_with_one_line_naming_the_key(overrides, key):
+    cfg = _compose(*overrides)
+    with pytest.raises(ConfigError) as info:
+        validate(cfg)
+    msg = str(info.value)
+    assert "\n" not in msg
+    assert msg.startswith(key), msg
+    assert len(msg) > len(key) + 1  # says what is wrong
+
+
+def test_validate_rejects_unknown_key():
+    cfg = _compose("+filter.bogus=1")
+    with pytest.raises(ConfigError) as info:
+        validate(cfg)
+    msg = str(info.value)
+    assert "\n" not in msg
+    assert msg.startswith("filter"), msg
+    assert "filter.bogus" in msg
+
+
+def test_ranks_need_members_only_when_sharding_members():
+    with pytest.raises(ConfigError, match=r"^filter\.ranks: 50 ranks for 20 members"):
+        validate(_compose("filter.ranks=50"))
+    assert validate(_compose("filter.ranks=50", "filter.shard=state")).filter.ranks == 50
+
+
+def _science_hash(*overrides: str) -> str:
+    return config_hash(science_keys(validate(_compose(*overrides))))
+
+
+@pytest.mark.parametrize(
+    "override",
+    ["cycles=70", "platform.workers=1", "platform.retries=3", "logger=wandb", "run_dir=/elsewhere/run"],
+)
+def test_science_keys_ignore_what_does_not_change_the_numbers(override):
+    assert _science_hash(override) == _science_hash()
+
+
+@pytest.mark.parametrize("override", ["seed=1", "filter.eps_beta=0.25", "members=10", "model.N=32"])
+def test_science_keys_change_with_the_science(override):
+    assert _science_hash(override) != _science_hash()
