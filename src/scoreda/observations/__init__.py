@@ -123,10 +123,11 @@ def observed_indices(
     flat = torch.arange(C * H * W).reshape(C, H, W)
     if kind == "identity":
         return flat.reshape(-1)
-    if kind == "subsample":
-        if every < 1 or H % every or W % every:
+    if kind == "subsample":  # axes of size 1 (Lorenz-96) are not subsampled
+        ey, ex = (every if H > 1 else 1), (every if W > 1 else 1)
+        if every < 1 or H % ey or W % ex:
             raise ValueError(f"observation.every: {every} must divide the grid ({H}×{W})")
-        return flat[:, ::every, ::every].reshape(-1)
+        return flat[:, ::ey, ::ex].reshape(-1)
     if kind == "stations":
         if not 0 < n_stations <= H * W:
             raise ValueError(f"observation.n_stations: must be in 1..{H * W}, got {n_stations}")
