@@ -135,14 +135,14 @@ def _error_ke(model, an, truth, cfg):
 
 def summary_lines(summary: dict) -> list[tuple[str, str]]:
     """(label, value) rows of the end-of-run table."""
-    u = summary["units"]
+    u = "" if summary["units"] in ("", "1") else summary["units"]
     return [
         ("scored cycles", summary["scored_cycles"]),
-        ("analysis RMSE", f"{summary['mean_rmse_analysis']:.3f} {u}"),
-        ("analysis spread", f"{summary['mean_spread_analysis']:.3f} {u}"),
-        ("forecast RMSE", f"{summary['mean_rmse_forecast']:.3f} {u}"),
-        ("forecast spread", f"{summary['mean_spread_forecast']:.3f} {u}"),
-        ("analysis CRPS", f"{summary['mean_crps_analysis']:.3f} {u}"),
+        ("analysis RMSE", f"{summary['mean_rmse_analysis']:.4g} {u}".rstrip()),
+        ("analysis spread", f"{summary['mean_spread_analysis']:.4g} {u}".rstrip()),
+        ("forecast RMSE", f"{summary['mean_rmse_forecast']:.4g} {u}".rstrip()),
+        ("forecast spread", f"{summary['mean_spread_forecast']:.4g} {u}".rstrip()),
+        ("analysis CRPS", f"{summary['mean_crps_analysis']:.4g} {u}".rstrip()),
         ("observation error σo", f"{summary['obs_sigma']:g}"),
         ("analysis < forecast every cycle", str(summary["analysis_below_forecast_every_cycle"])),
     ]
