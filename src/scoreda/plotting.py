@@ -19,6 +19,8 @@ from matplotlib import ticker
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from scoreda.io.atomic import atomic_output
+
 __all__ = ["plot_fields", "plot_rank_histogram", "plot_scores", "plot_spectra"]
 
 DPI = 110
@@ -40,8 +42,8 @@ def _new_figure(figsize: tuple[float, float], **kw: Any) -> Figure:
 
 def _save(fig: Figure, path: str | Path) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI, format="png")
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, dpi=DPI, format="png")
     fig.clear()
     return path
 

@@ -1,5 +1,6 @@
 """Checkpoint I/O: atomic, checksummed netCDF4/HDF5 files handed between workflow stages."""
 
+from scoreda.io.atomic import atomic_output, write_text
 from scoreda.io.checkpoint import (
     STATE_DIMS,
     CheckpointError,
@@ -12,6 +13,8 @@ from scoreda.io.checkpoint import (
 )
 
 __all__ = [
+    "atomic_output",
+    "write_text",
     "STATE_DIMS",
     "CheckpointError",
     "config_hash",

@@ -16,18 +16,18 @@ Guarantees:
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import math
 import os
-import secrets
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import h5netcdf
 import numpy as np
+
+from scoreda.io.atomic import atomic_output
 
 __all__ = [
     "STATE_DIMS",
@@ -104,17 +104,6 @@ def _prepare_attr(name: str, value: Any) -> Any:
     raise ValueError(f"attribute {name!r} has unsupported type {type(value).__name__}")
 
 
-def _fsync_path(path: str | os.PathLike, directory: bool = False) -> None:
-    fd = os.open(path, os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if directory else 0))
-    try:
-        os.fsync(fd)
-    except OSError as e:  # a few filesystems cannot fsync a directory; the rename is done regardless
-        if not (directory and e.errno in (errno.EINVAL, errno.ENOTSUP)):
-            raise
-    finally:
-        os.close(fd)
-
-
 def _write_netcdf(tmp: Path, dims: dict[str, int], variables: Variables, attrs: dict) -> None:
     with h5netcdf.File(tmp, "w") as f:
         f.dimensions = dims
@@ -149,16 +138,8 @@ def write_dataset_file(
         prepared[name] = (vdims, a)
     prepared_attrs = {str(k): _prepare_attr(str(k), v) for k, v in attrs.items()}
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
-    try:
+    with atomic_output(path) as tmp:
         _write_netcdf(tmp, dims, prepared, prepared_attrs)
-        _fsync_path(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_path(path.parent, directory=True)
 
 
 def write_state(

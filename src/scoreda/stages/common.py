@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from scoreda.config import science_keys, state_shape, validate
 from scoreda.dynamics import Dynamics, make_dynamics
-from scoreda.io import config_hash, read_state, write_state
+from scoreda.io import config_hash, read_state, write_state, write_text
 
 ARTEFACTS = ("truth", "obs", "forecast", "analysis")
 
@@ -61,23 +60,13 @@ def write_config(run_dir: str | Path, cfg: DictConfig) -> Path:
                 f"{path}: the run directory holds another experiment (differs in {', '.join(changed)});"
                 " choose a new run_dir"
             )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".config.yaml.tmp-{os.getpid()}")
-    tmp.write_text(OmegaConf.to_yaml(cfg))
-    os.replace(tmp, path)
+    write_text(path, OmegaConf.to_yaml(cfg))
     return path
 
 
 def write_json(path: str | Path, obj) -> None:
     """Atomic JSON write (temporary name, fsync, rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as fh:
-        json.dump(obj, fh, indent=1, sort_keys=True)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    write_text(path, json.dumps(obj, indent=1, sort_keys=True))
 
 
 class Run:

@@ -7,12 +7,14 @@ after ``burn_in``, wall times per stage) and the PNGs in ``plots/``.
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
 
 import numpy as np
 
 from scoreda import metrics, plotting
+from scoreda.io import write_text
 from scoreda.stages.common import Run, dynamics, main, write_json
 from scoreda.stages.nature import read_observations
 
@@ -53,10 +55,11 @@ def report(run_dir, cycles: int | None = None) -> dict:
     cfg = run.cfg
     n = cycles or cfg.cycles
     rows = [evaluate(run.dir, k) for k in range(1, n + 1)]
-    with open(run.dir / "metrics.csv", "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(COLUMNS)
-        w.writerows([[r[c] for c in COLUMNS] for r in rows])
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(COLUMNS)
+    w.writerows([[r[c] for c in COLUMNS] for r in rows])
+    write_text(run.dir / "metrics.csv", buf.getvalue())
     after = [r for r in rows if r["cycle"] > cfg.burn_in]
     summary = {f"mean_{c}": float(np.mean([r[c] for r in after])) for c in COLUMNS[2:]}
     summary |= {
