@@ -86,7 +86,7 @@ class Observation:
 
 @dataclass
 class Filter:
-    name: str = "ensf"  # ensf | none
+    name: str = "ensf"  # ensf | letkf | none
     ranks: int = 1
     shard: str = "members"  # members | state
     rtps: float = 0.0
@@ -98,6 +98,10 @@ class Filter:
     eps_beta: float = 0.5
     t_end: float = 0.0
     implicit: bool = True
+    # LETKF
+    cutoff: float = 2000.0  # distance where the Gaspari–Cohn taper reaches zero (km; index units for L96)
+    cross_level: float = 1.0
+    rtpp: float = 0.0
 
 
 @dataclass
@@ -243,7 +247,11 @@ def _check_values(c: DictConfig) -> None:
             f"must be in 1..{grid[1] * grid[2]}, got {o.n_stations}",
         )
     f = c.filter
-    _check(f.name in ("ensf", "none"), "filter.name", f"unknown filter {f.name!r} (expected ensf or none)")
+    _check(
+        f.name in ("ensf", "letkf", "none"),
+        "filter.name",
+        f"unknown filter {f.name!r} (expected ensf, letkf or none)",
+    )
     _check(f.ranks >= 1, "filter.ranks", f"must be ≥ 1, got {f.ranks}")
     _check(
         f.ranks <= c.members or f.shard != "members",
@@ -262,6 +270,9 @@ def _check_values(c: DictConfig) -> None:
     _check(0 < f.eps_alpha < 1, "filter.eps_alpha", f"must be in (0, 1), got {f.eps_alpha}")
     _check(0 <= f.eps_beta <= 1, "filter.eps_beta", f"must be in [0, 1], got {f.eps_beta}")
     _check(0 <= f.t_end < 1, "filter.t_end", f"must be in [0, 1), got {f.t_end}")
+    _check(f.cutoff > 0, "filter.cutoff", f"must be positive (.inf: global ETKF), got {f.cutoff}")
+    _check(f.cross_level >= 0, "filter.cross_level", f"must be ≥ 0, got {f.cross_level}")
+    _check(0 <= f.rtpp <= 1, "filter.rtpp", f"must be in [0, 1], got {f.rtpp}")
     _check(
         c.forecaster.name == "physics",
         "forecaster.name",

@@ -48,12 +48,17 @@ def inflate(ensemble: torch.Tensor, factor: float) -> torch.Tensor:
     return mean + factor * (ensemble - mean)
 
 
-def make_filter(filter_cfg) -> Filter:
+def make_filter(filter_cfg, model_cfg=None) -> Filter:
+    """The filter of ``filter_cfg``; ``model_cfg`` gives the grid geometry that the LETKF localises on."""
     name = filter_cfg["name"]
     if name == "ensf":
         from scoreda.filters.ensf import EnSF
 
         return EnSF.from_config(filter_cfg)
+    if name == "letkf":
+        from scoreda.filters.letkf import LETKF
+
+        return LETKF.from_config(filter_cfg, model_cfg)
     if name == "none":
         return NoAssimilation()
-    raise ValueError(f"filter.name: unknown filter {name!r} (expected ensf or none)")
+    raise ValueError(f"filter.name: unknown filter {name!r} (expected ensf, letkf or none)")

@@ -17,7 +17,7 @@ def analysis(run_dir, cycle: int) -> str:
         t0 = time.perf_counter()
         prior = run.read(cycle, "forecast").to(run.cfg.device)
         y, op = read_observations(run, cycle)
-        filt = make_filter(run.cfg.filter)
+        filt = make_filter(run.cfg.filter, run.cfg.model)
         M = prior.shape[0]
         post = filt.analyse(
             prior.reshape(M, -1), y.to(prior.device), op, generator(run.cfg.seed, cycle, "analysis")
