@@ -146,25 +146,25 @@ class LETKF:
             oi, oj = (pos // W).double(), (pos % W).double()
             G = H * W
             chunk = max(1, (1 << 22) // max(p, 1))
-            rows_idx, rows_taper = [], []
+            rows, cols, tapers = [], [], []
             for g0 in range(0, G, chunk):
                 g = torch.arange(g0, min(G, g0 + chunk))
-                di = (g // W).double()[:, None] - oi[None, :]
-                dj = (g % W).double()[:, None] - oj[None, :]
-                di, dj = di.abs(), dj.abs()
+                di = ((g // W).double()[:, None] - oi[None, :]).abs()
+                dj = ((g % W).double()[:, None] - oj[None, :]).abs()
                 di, dj = torch.minimum(di, H - di), torch.minimum(dj, W - dj)
                 dist = self.dx * torch.sqrt(di * di + dj * dj)
-                inside = dist < self.cutoff
-                k = int(inside.sum(1).max()) if p else 0
-                order = torch.sort((~inside).to(torch.uint8), dim=1, stable=True).indices[:, :k]
-                keep = torch.gather(inside, 1, order)
-                rows_idx.append(torch.where(keep, order, torch.full_like(order, p)))
-                rows_taper.append(
-                    torch.where(keep, gaspari_cohn(torch.gather(dist, 1, order), self.cutoff), 0.0)
-                )
-            K = max(r.shape[1] for r in rows_idx)
-            idx = torch.cat([torch.nn.functional.pad(r, (0, K - r.shape[1]), value=p) for r in rows_idx])
-            taper = torch.cat([torch.nn.functional.pad(t, (0, K - t.shape[1])) for t in rows_taper])
+                r, o = (dist < self.cutoff).nonzero(as_tuple=True)  # row-major: grouped by row
+                rows.append(r + g0)
+                cols.append(o)
+                tapers.append(gaspari_cohn(dist[r, o], self.cutoff))
+            r, o, t = torch.cat(rows), torch.cat(cols), torch.cat(tapers)
+            counts = torch.bincount(r, minlength=G)
+            K = int(counts.max()) if r.numel() else 0
+            slot = torch.arange(r.numel()) - (torch.cumsum(counts, 0) - counts)[r]
+            idx = torch.full((G, K), p, dtype=torch.long)
+            taper = torch.zeros(G, K, dtype=torch.float64)
+            idx[r, slot] = o
+            taper[r, slot] = t
         out = (idx, taper, obs_level)
         self._cache.clear()
         self._cache[key] = (indices.clone(), out)
@@ -175,14 +175,14 @@ class LETKF:
     def transform(yl: torch.Tensor, w: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:
         """Local ETKF weights w̄ 1ᵀ + W, [n, M, M], from Yb [n, K, M], weights [n, K], δ [n, K]."""
         M = yl.shape[-1]
-        wy = yl * w[..., None]
-        a = torch.einsum("nkm,nkl->nml", wy, yl)
+        z = yl * w.sqrt()[..., None]
+        a = z.transpose(1, 2) @ z
         a.diagonal(dim1=-2, dim2=-1).add_(M - 1)
         lam, v = torch.linalg.eigh(a)
-        b = torch.einsum("nkm,nk->nm", wy, dy)
-        wbar = torch.einsum("nij,nj,nkj,nk->ni", v, 1.0 / lam, v, b)
-        sq = torch.einsum("nij,nj,nkj->nik", v, ((M - 1) / lam).sqrt(), v)
-        return sq + wbar[:, :, None]
+        b = ((yl * (w * dy)[..., None]).sum(1))[:, :, None]  # Ybᵀ diag(w) δ, [n, M, 1]
+        wbar = v @ ((v.transpose(1, 2) @ b) / lam[:, :, None])
+        sq = (v * ((M - 1) / lam).sqrt()[:, None, :]) @ v.transpose(1, 2)
+        return sq + wbar
 
     @torch.no_grad()
     def analyse(
@@ -200,13 +200,13 @@ class LETKF:
             return relax_spread(prior.clone(), prior, self.rtps)
         mean = prior.mean(0, keepdim=True)
         xb = prior - mean
-        hx = operator(prior).double()
+        hx = operator(prior)
         ybar = hx.mean(0)
         # observation-space anomalies as rows [p+1, M], with a zero dummy row for the padding
         yb = torch.cat([(hx - ybar).T, hx.new_zeros(1, M)])
         dy = torch.cat([y.to(hx) - ybar, hx.new_zeros(1)])
         idx, taper, obs_level = (t.to(prior.device) for t in self.stencil(operator.indices, d))
-        taper = taper / float(operator.sigma) ** 2
+        taper = taper.to(hx.dtype) / float(operator.sigma) ** 2
         G, K = idx.shape
         shared = C == 1 or self.cross_level == 1.0
         level_sets = [None] if shared else list(range(C))
@@ -226,7 +226,8 @@ class LETKF:
                     out[:, levels] = torch.einsum("kcg,km->mcg", xb_g[:, levels], t[0])
                 else:
                     g1 = g0 + rows.shape[0]
-                    out[:, levels, g0:g1] = torch.einsum("kcg,gkm->mcg", xb_g[:, levels, g0:g1], t)
+                    local = xb_g[:, levels, g0:g1].permute(2, 1, 0) @ t  # [n, c, M]
+                    out[:, levels, g0:g1] = local.permute(2, 1, 0)
         xa = mean + out.reshape(M, d)
         if self.rtpp:
             amean = xa.mean(0, keepdim=True)
