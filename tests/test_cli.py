@@ -73,7 +73,7 @@ def test_cycle_help_lists_the_config_groups():
     assert p.returncode == 0, p.stderr
     for group in ("model", "observation", "filter", "forecaster", "platform", "logger", "experiment"):
         assert f"{group}:" in p.stdout, group
-    assert "filter: ensf, none" in p.stdout
+    assert "filter: ensf, letkf, none" in p.stdout
 
 
 # ------------------------------------------------------------------------------------ stages, one by one

@@ -8,11 +8,15 @@ key — on the first problem.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, fields, make_dataclass
+from typing import Any, get_type_hints
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+
+from scoreda.dynamics.lorenz96 import Lorenz96Params
+from scoreda.dynamics.qg2l import QG2LParams
+from scoreda.dynamics.sqg import SQGParams
 
 
 class ConfigError(ValueError):
@@ -28,50 +32,21 @@ class ModelCommon:
     units: str = "K"
 
 
-@dataclass
-class SQGModel(ModelCommon):
-    N: int = 64
-    L: float = 20.0e6
-    H: float = 10.0e3
-    f: float = 1.0e-4
-    nsq: float = 1.0e-4
-    U: float = 30.0
-    tdiab: float = 864000.0
-    theta0: float = 300.0
-    g: float = 9.8
-    dt: float = 1200.0
-    diff_efold: float = 86400.0
-    diff_order: int = 8
-    jacobian: str = "reference"
+def _model_schema(name: str, params: type) -> type:
+    """Schema of ``model=<name>``: the common keys plus the model's own parameter dataclass
+    (defaults stay in one place, the dynamics module)."""
+    hints = get_type_hints(ModelCommon) | get_type_hints(params)
+    defaults = {f.name: f.default for f in fields(ModelCommon)} | {f.name: f.default for f in fields(params)}
+    defaults["name"] = name
+    spec = [(k, hints[k], field(default=v)) for k, v in defaults.items()]
+    return make_dataclass(f"{params.__name__}Config", spec)
 
 
-@dataclass
-class Lorenz96Model(ModelCommon):
-    name: str = "lorenz96"
-    size: int = 40
-    F: float = 8.0
-    dt: float = 0.01
-    cycle_time: float = 0.05
-
-
-@dataclass
-class QG2LModel(ModelCommon):
-    name: str = "qg2l"
-    nx: int = 64
-    L: float = 1.0e6
-    beta: float = 1.5e-11
-    rd: float = 15000.0
-    delta: float = 0.25
-    H1: float = 500.0
-    U1: float = 0.025
-    U2: float = 0.0
-    rek: float = 5.787e-7
-    filterfac: float = 23.6
-    dt: float = 900.0
-    ntd: int = 1
-
-
-MODELS = {"sqg": SQGModel, "lorenz96": Lorenz96Model, "qg2l": QG2LModel}
+MODELS = {
+    "sqg": _model_schema("sqg", SQGParams),
+    "lorenz96": _model_schema("lorenz96", Lorenz96Params),
+    "qg2l": _model_schema("qg2l", QG2LParams),
+}
 
 
 @dataclass
