@@ -20,6 +20,7 @@ import numpy as np
 import scoringrules as sr
 
 __all__ = [
+    "SCORE_NAMES",
     "crps",
     "error_spectrum",
     "isotropic_spectrum",
@@ -30,6 +31,17 @@ __all__ = [
     "spectral_slope",
     "spread",
 ]
+
+
+#: keys of :func:`scores`, in the order of ``metrics.csv``
+SCORE_NAMES = (
+    "rmse_forecast",
+    "rmse_analysis",
+    "spread_forecast",
+    "spread_analysis",
+    "crps_forecast",
+    "crps_analysis",
+)
 
 
 def _as_np(x: Any) -> np.ndarray:

@@ -7,15 +7,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-SCALARS = (
-    "rmse_forecast",
-    "rmse_analysis",
-    "spread_forecast",
-    "spread_analysis",
-    "crps_forecast",
-    "crps_analysis",
-    "time_hours",
-)
+from scoreda.metrics import SCORE_NAMES
+
+SCALARS = ("time_hours", *SCORE_NAMES)
 
 
 class Tracker:

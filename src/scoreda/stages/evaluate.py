@@ -18,16 +18,7 @@ from scoreda.io import write_text
 from scoreda.stages.common import Run, dynamics, main, write_json
 from scoreda.stages.nature import read_observations
 
-COLUMNS = (
-    "cycle",
-    "time_hours",
-    "rmse_forecast",
-    "rmse_analysis",
-    "spread_forecast",
-    "spread_analysis",
-    "crps_forecast",
-    "crps_analysis",
-)
+COLUMNS = ("cycle", "time_hours", *metrics.SCORE_NAMES)
 
 
 def evaluate(run_dir, cycle: int) -> dict:
