@@ -152,3 +152,35 @@ def test_write_config_refuses_another_experiment(tmp_path):
     # A resume with more cycles is the same experiment.
     write_config(run_dir, _config(run_dir, "cycles=5"))
     assert "cycles: 5" in path.read_text()
+
+
+# ---------------------------------------------------------------------------------------------- shocks
+
+
+def test_shocks_hit_a_share_of_cycles_with_the_stds_in_turn(tmp_path):
+    from scoreda.stages.nature import shock_std
+
+    cfg = _config(tmp_path, "shocks.fraction=0.5", "shocks.std=[5,4,3,2]")
+    stds = [shock_std(cfg, k) for k in range(1, 301)]
+    hit = [s for s in stds if s > 0]
+    assert 120 < len(hit) < 180  # Binomial(300, 0.5): mean 150, sd 8.7
+    assert hit[:8] == [5, 4, 3, 2, 5, 4, 3, 2]
+    assert shock_std(_config(tmp_path), 7) == 0.0  # fraction 0: perfect model
+
+
+def test_nature_stage_adds_the_shock_to_the_truth(tmp_path):
+    from scoreda.stages.common import Run, dynamics
+    from scoreda.stages.nature import nature, shock_std
+
+    run_dir = tmp_path / "run"
+    cfg = _config(run_dir, "shocks.fraction=1.0", "shocks.std=[3.0]")
+    write_config(run_dir, cfg)
+    nature(run_dir, 0)
+    nature(run_dir, 1)
+    run = Run(run_dir)
+    model = dynamics(run)
+    unshocked = model.step(run.read(0, "truth"), model.steps_per_cycle)
+    noise = (run.read(1, "truth") - unshocked).numpy()
+    assert shock_std(run.cfg, 1) == 3.0
+    assert noise.std() == pytest.approx(3.0, rel=0.1)  # 512 values
+    assert abs(noise.mean()) < 0.5

@@ -212,3 +212,20 @@ def test_crps_scoringrules_signature():
     # guard against a scoringrules API change in the arguments we rely on
     out = sr.crps_ensemble(np.zeros(3), np.zeros((2, 3)), m_axis=0, estimator="pwm", backend="numpy")
     assert np.asarray(out).shape == (3,)
+
+
+def test_spread_spectrum_parseval_with_spread():
+    ens = np.random.default_rng(8).normal(size=(6, 2, 16, 16))
+    _, e = metrics.spread_spectrum(ens)
+    anom = ens - ens.mean(axis=0)
+    _, e_all = metrics.isotropic_spectrum(anom, full=True)
+    assert e_all.sum() * 6 / 5 == pytest.approx(0.5 * metrics.spread(ens) ** 2)
+    np.testing.assert_allclose(e, e_all[1:9] * 6 / 5)
+
+
+def test_plot_spread_skill(tmp_path):
+    r = np.random.default_rng(11).uniform(0.5, 1.5, size=(4, 30))
+    table = dict(
+        zip(("rmse_forecast", "rmse_analysis", "spread_forecast", "spread_analysis"), r, strict=True)
+    )
+    assert _nonempty_png(plotting.plot_spread_skill(table, tmp_path / "ss.png"))

@@ -80,6 +80,14 @@ class Filter:
 
 
 @dataclass
+class Shocks:
+    """Model error unknown to the forecast model: Gaussian noise added to the truth."""
+
+    fraction: float = 0.0  # share of cycles shocked (each cycle independently, from the seed)
+    std: list[float] = field(default_factory=lambda: [5.0, 4.0, 3.0, 2.0])  # used in turn [units]
+
+
+@dataclass
 class Forecaster:
     name: str = "physics"
 
@@ -116,6 +124,7 @@ class Root:
     model: Any = None
     observation: Observation = field(default_factory=Observation)
     filter: Filter = field(default_factory=Filter)
+    shocks: Shocks = field(default_factory=Shocks)
     forecaster: Forecaster = field(default_factory=Forecaster)
     platform: Platform = field(default_factory=Platform)
     logger: Logger = field(default_factory=Logger)
@@ -248,6 +257,12 @@ def _check_values(c: DictConfig) -> None:
     _check(f.cutoff > 0, "filter.cutoff", f"must be positive (.inf: global ETKF), got {f.cutoff}")
     _check(f.cross_level >= 0, "filter.cross_level", f"must be ≥ 0, got {f.cross_level}")
     _check(0 <= f.rtpp <= 1, "filter.rtpp", f"must be in [0, 1], got {f.rtpp}")
+    _check(0 <= c.shocks.fraction <= 1, "shocks.fraction", f"must be in [0, 1], got {c.shocks.fraction}")
+    _check(
+        len(c.shocks.std) > 0 and all(s > 0 for s in c.shocks.std),
+        "shocks.std",
+        f"must be a non-empty list of positive numbers, got {list(c.shocks.std)}",
+    )
     _check(
         c.forecaster.name == "physics",
         "forecaster.name",
@@ -286,4 +301,4 @@ def science_keys(cfg: DictConfig) -> dict:
     logger, progress, run_dir.
     """
     c = OmegaConf.to_container(cfg, resolve=True)
-    return {k: c[k] for k in ("seed", "members", "model", "observation", "filter", "forecaster")}
+    return {k: c[k] for k in ("seed", "members", "model", "observation", "filter", "shocks", "forecaster")}

@@ -30,6 +30,7 @@ __all__ = [
     "scores",
     "spectral_slope",
     "spread",
+    "spread_spectrum",
 ]
 
 
@@ -211,6 +212,19 @@ def error_spectrum(ens: Any, truth: Any, L: float = 2 * np.pi) -> tuple[np.ndarr
     """
     e, t = _ens_truth(ens, truth)
     return isotropic_spectrum(e.mean(axis=0) - t, L)
+
+
+def spread_spectrum(ens: Any, L: float = 2 * np.pi) -> tuple[np.ndarray, np.ndarray]:
+    """Isotropic spectrum of the ensemble spread: ``M/(M−1) · isotropic_spectrum(ens − xbar)``.
+
+    The anomalies' spectrum averaged over members and levels, with the unbiased factor, so that
+    ``Σ_{all shells} E_n = 0.5 · spread(ens)²`` — directly comparable with :func:`error_spectrum`
+    for a spread–skill check per scale. ``ens`` is ``[M, C, N, N]``; returns ``(k, E)``, n = 1 … N//2.
+    """
+    e = _as_np(ens)
+    _need_members(e, 2, "spread_spectrum")
+    k, E = isotropic_spectrum(e - e.mean(axis=0), L)
+    return k, E * e.shape[0] / (e.shape[0] - 1)
 
 
 def scores(forecast: Any, analysis: Any, truth: Any) -> dict[str, float]:

@@ -21,7 +21,7 @@ from matplotlib.figure import Figure
 
 from scoreda.io.atomic import atomic_output
 
-__all__ = ["plot_fields", "plot_rank_histogram", "plot_scores", "plot_spectra"]
+__all__ = ["plot_fields", "plot_rank_histogram", "plot_scores", "plot_spectra", "plot_spread_skill"]
 
 DPI = 110
 _FORECAST = "tab:orange"
@@ -62,7 +62,9 @@ def plot_scores(
 
     ``table`` holds arrays ``time_hours``, ``rmse_forecast``, ``rmse_analysis``,
     ``spread_forecast``, ``spread_analysis`` (``cycle`` is accepted and ignored) and optionally a
-    float ``obs_error`` (σo), drawn as a grey horizontal line. Log y-axis unless ``logy=False``.
+    float ``obs_error`` (σo), drawn as a grey horizontal line, and an array ``shock_std`` (model
+    shocks of the truth, 0 = none), drawn as ticks at the cycles shocked. Log y-axis unless
+    ``logy=False``.
     """
     t = _np(table["time_hours"])
     fig = _new_figure((7.5, 4.2), layout="constrained")
@@ -73,6 +75,18 @@ def plot_scores(
     sigma_o = table.get("obs_error")
     if sigma_o is not None:
         ax.axhline(float(sigma_o), color="0.4", ls=":", lw=1.4, label=f"σo = {float(sigma_o):.3g} {units}")
+    shocks = _np(table.get("shock_std", np.zeros_like(t)))
+    if np.any(shocks > 0):
+        ax.plot(
+            t[shocks > 0],
+            np.full(np.count_nonzero(shocks > 0), 1.0),
+            "|",
+            color="0.3",
+            ms=8,
+            transform=ax.get_xaxis_transform(),
+            clip_on=False,
+            label="model shock",
+        )
     if logy:
         ax.set_yscale("log")
         # plain numbers ("0.6", "2") instead of "6×10⁻¹", on the ticks matplotlib chooses to label
@@ -214,6 +228,31 @@ def plot_spectra(
     ax.legend(loc="best", fontsize="small")
     if title:
         ax.set_title(title)
+    return _save(fig, path)
+
+
+def plot_spread_skill(table: dict[str, Any], path: str | Path, title: str = "", units: str = "K") -> Path:
+    """Spread against RMSE of the ensemble mean, one point per cycle, forecast and analysis.
+
+    ``table`` holds arrays ``rmse_{forecast,analysis}`` and ``spread_{forecast,analysis}``; the
+    1:1 line is where a statistically consistent ensemble lies (up to √((M+1)/M)).
+    """
+    fig = _new_figure((5.0, 4.6), layout="constrained")
+    ax = fig.add_subplot()
+    hi = 0.0
+    for kind, color in (("forecast", _FORECAST), ("analysis", _ANALYSIS)):
+        r, sp = _np(table[f"rmse_{kind}"]), _np(table[f"spread_{kind}"])
+        ratio = np.sqrt(np.mean(sp**2) / np.mean(r**2)) if r.size else np.nan
+        ax.plot(r, sp, ".", color=color, alpha=0.6, label=f"{kind} (spread/RMSE {ratio:.2f})")
+        hi = max(hi, float(np.max(r, initial=0)), float(np.max(sp, initial=0)))
+    ax.plot([0, 1.05 * hi], [0, 1.05 * hi], "k--", lw=1.0, label="1:1")
+    ax.set_xlim(0, 1.05 * hi or 1)
+    ax.set_ylim(0, 1.05 * hi or 1)
+    ax.set_xlabel(f"RMSE of the ensemble mean ({units})")
+    ax.set_ylabel(f"ensemble spread ({units})")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="upper left", fontsize="small")
+    ax.set_title(title or "spread–skill, one point per cycle")
     return _save(fig, path)
 
 

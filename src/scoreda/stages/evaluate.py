@@ -1,7 +1,9 @@
 """Scores against the truth: ``evaluate`` (one cycle → ``scores.json``) and ``report`` (the run).
 
 ``report`` writes ``metrics.csv`` (one row per cycle), ``summary.json`` (time means over cycles
-after ``burn_in``, wall times per stage) and the PNGs in ``plots/``.
+after ``burn_in``, spread–skill ratios, wall times per stage) and the PNGs in ``plots/``:
+RMSE/spread against time, spread–skill, rank histogram, time-mean error and spread spectra (2-D
+models), fields and kinetic-energy spectra of the last cycle.
 """
 
 from __future__ import annotations
@@ -16,9 +18,14 @@ import numpy as np
 from scoreda import metrics, plotting
 from scoreda.io import write_text
 from scoreda.stages.common import Run, dynamics, main, write_json
-from scoreda.stages.nature import read_observations
+from scoreda.stages.nature import read_observations, shock_std
 
-COLUMNS = ("cycle", "time_hours", *metrics.SCORE_NAMES)
+COLUMNS = ("cycle", "time_hours", *metrics.SCORE_NAMES, "shock_std")
+SPECTRA = tuple(f"{q}_spectrum_{k}" for q in ("error", "spread") for k in ("forecast", "analysis"))
+
+
+def _square(run: Run) -> bool:
+    return run.shape[1] == run.shape[2] > 1
 
 
 def evaluate(run_dir, cycle: int) -> dict:
@@ -35,7 +42,13 @@ def evaluate(run_dir, cycle: int) -> dict:
     truth, fc, an = run.read(cycle, "truth"), run.read(cycle, "forecast"), run.read(cycle, "analysis")
     out = {"cycle": cycle, "time_hours": cycle * run.cfg.model.cycle_hours, "config_hash": run.hash}
     out |= metrics.scores(fc, an, truth)
+    out["shock_std"] = shock_std(run.cfg, cycle)
     out["rank_histogram"] = metrics.rank_histogram(an, truth, np.random.default_rng(cycle)).tolist()
+    if _square(run):  # per-scale spread–skill: error and spread spectra
+        L = run.cfg.model.get("L", 2 * np.pi)
+        for kind, ens in (("forecast", fc), ("analysis", an)):
+            out[f"error_spectrum_{kind}"] = metrics.error_spectrum(ens, truth, L)[1].tolist()
+            out[f"spread_spectrum_{kind}"] = metrics.spread_spectrum(ens, L)[1].tolist()
     write_json(path, out)
     return out
 
@@ -52,8 +65,13 @@ def report(run_dir, cycles: int | None = None) -> dict:
     w.writerows([[r[c] for c in COLUMNS] for r in rows])
     write_text(run.dir / "metrics.csv", buf.getvalue())
     after = [r for r in rows if r["cycle"] > cfg.burn_in]
-    summary = {f"mean_{c}": float(np.mean([r[c] for r in after])) for c in COLUMNS[2:]}
+    summary = {f"mean_{c}": float(np.mean([r[c] for r in after])) for c in metrics.SCORE_NAMES}
+    for kind in ("forecast", "analysis"):  # √(mean spread² / mean squared error) over the scored cycles
+        mse = np.mean([r[f"rmse_{kind}"] ** 2 for r in after])
+        var = np.mean([r[f"spread_{kind}"] ** 2 for r in after])
+        summary[f"spread_skill_{kind}"] = float(np.sqrt(var / mse))
     summary |= {
+        "shocked_cycles": int(sum(r["shock_std"] > 0 for r in rows)),
         "cycles": n,
         "burn_in": cfg.burn_in,
         "scored_cycles": f"{cfg.burn_in + 1}-{n}",
@@ -66,6 +84,8 @@ def report(run_dir, cycles: int | None = None) -> dict:
         "rank_histogram": np.sum([r["rank_histogram"] for r in after], axis=0).tolist(),
         "wall_seconds": _timings(run.dir),
     }
+    if _square(run):
+        summary |= {q: np.mean([r[q] for r in after], axis=0).tolist() for q in SPECTRA}
     write_json(run.dir / "summary.json", summary)
     _plots(run, rows, summary, n)
     return summary
@@ -88,6 +108,22 @@ def _plots(run: Run, rows: list[dict], summary: dict, n: int) -> None:
     table["obs_error"] = cfg.observation.sigma if cfg.observation.transform == "linear" else None
     title = f"{cfg.experiment_name}: {cfg.model.name}, {cfg.filter.name}, {cfg.members} members"
     plotting.plot_scores(table, plots / "rmse_spread.png", title=title, units=cfg.model.units)
+    plotting.plot_spread_skill(
+        {c: table[c][cfg.burn_in :] for c in metrics.SCORE_NAMES},
+        plots / "spread_skill.png",
+        title=f"spread–skill, cycles {summary['scored_cycles']}",
+        units=cfg.model.units,
+    )
+    if _square(run):
+        k = metrics.isotropic_spectrum(np.zeros(run.shape[1:]), cfg.model.get("L", 2 * np.pi))[0]
+        spectra = {q.replace("_spectrum_", " "): (k, summary[q]) for q in SPECTRA}
+        plotting.plot_spectra(
+            spectra,
+            plots / "error_spread_spectra.png",
+            slope=None,
+            units=f"{cfg.model.units}²",
+            title=f"error and spread spectra, mean over cycles {summary['scored_cycles']}",
+        )
     plotting.plot_rank_histogram(
         summary["rank_histogram"],
         plots / "rank_histogram.png",

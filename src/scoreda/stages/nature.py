@@ -5,6 +5,11 @@ takes ``members`` states ``model.member_spacing_cycles`` apart from the continui
 initial ensemble (a climatological ensemble, as in the seed paper) and the state one spacing later
 as the truth. Cycle k ≥ 1 advances the truth by one cycle and observes it:
 y_k = h(x_k) + σo ε, ε drawn from the (seed, k, "obs") stream.
+
+Model shocks (``shocks.fraction`` > 0): cycle k is shocked when u_k < fraction, u_k ~ U(0, 1) from
+the (seed, k, "shock") stream; the j-th shocked cycle (j = 0, 1, ...) adds white noise
+N(0, std[j mod len(std)]²) to every truth grid value before it is observed, and the nature run
+continues from the shocked truth. The forecast model never sees the noise.
 """
 
 from __future__ import annotations
@@ -54,12 +59,29 @@ def nature(run_dir, cycle: int) -> str:
     t0 = time.perf_counter()
     model = dynamics(run)
     truth = model.step(run.read(cycle - 1, "truth").to(run.cfg.device), model.steps_per_cycle).cpu()
+    std = shock_std(run.cfg, cycle)
+    if std > 0:
+        g = generator(run.cfg.seed, cycle, "shock")
+        torch.rand((), generator=g)  # u_k, drawn first as in shock_std
+        truth = truth + std * torch.randn(truth.shape, generator=g, dtype=truth.dtype)
     op = observation_operator(run)
     y = op.sample(truth.reshape(-1), generator(run.cfg.seed, cycle, "obs"))
     write_observations(run, cycle, op, y)
     run.write(cycle, "truth", truth)
     record_time(run, cycle, "nature", t0)
     return str(run.path(cycle, "truth"))
+
+
+def shock_std(cfg, cycle: int) -> float:
+    """Standard deviation of the shock the truth receives at ``cycle`` (0.0: none)."""
+    f = cfg.shocks.fraction
+    if f <= 0 or cycle < 1:
+        return 0.0
+    u = [float(torch.rand((), generator=generator(cfg.seed, k, "shock"))) for k in range(1, cycle + 1)]
+    shocked = [uk < f for uk in u]
+    if not shocked[-1]:
+        return 0.0
+    return float(cfg.shocks.std[(sum(shocked) - 1) % len(cfg.shocks.std)])
 
 
 def write_observations(run: Run, cycle: int, op: PointObservation, y: torch.Tensor) -> None:
