@@ -1,11 +1,16 @@
-"""EnSF: linear-Gaussian posterior, reproducibility, stability with sharp likelihoods."""
+"""EnSF: linear-Gaussian posterior, reproducibility, stability with sharp likelihoods; its
+counter-based noise; the pieces of sharding (blocks, observation operators on a slice)."""
+
+import math
 
 import pytest
 import torch
+from scipy import stats
 
 from scoreda.filters import inflate, relax_spread
-from scoreda.filters.ensf import EnSF
+from scoreda.filters.ensf import EnSF, block, check_sharding
 from scoreda.observations import make_observation_operator
+from scoreda.seeding import _GAMMA, counter_bits, counter_normal, mix64_int, stream_seed
 
 
 def linear_gaussian(prior_std: float, d: int = 2000, M: int = 20, sigma: float = 1.0, seed: int = 0):
@@ -115,3 +120,111 @@ def test_rejects_bad_settings():
         EnSF(prior_score="exact")
     with pytest.raises(ValueError, match="filter.n_steps"):
         EnSF(n_steps=0)
+
+
+# ------------------------------------------------------------------------------ counter-based noise
+
+
+def test_counter_bits_match_python_integer_reference():
+    """The int64 tensor hash wraps like unsigned 64-bit arithmetic (checked against Python ints)."""
+    key, step = stream_seed(3, 17, "analysis"), 42
+    rows, cols = range(5, 9), range(1000, 1100)
+    bits = counter_bits(key, step, rows, cols)
+    k = mix64_int(mix64_int(key) + (step + 1) * _GAMMA)
+    for i in rows:
+        b = mix64_int(k + (i + 1) * _GAMMA)
+        expect = [mix64_int(b + (j + 1) * _GAMMA) for j in cols]
+        got = [v & (2**64 - 1) for v in bits[i - rows.start].tolist()]
+        assert got == expect
+
+
+def test_counter_normal_moments_and_distribution():
+    """10⁶ draws: mean, variance, skewness, excess kurtosis within 5 standard errors of N(0, 1); KS test."""
+    x = counter_normal(1234, 7, range(0, 200), range(0, 5000), dtype=torch.float64).reshape(-1)
+    n = x.numel()
+    assert abs(float(x.mean())) < 5 / math.sqrt(n)
+    assert abs(float(x.var()) - 1) < 5 * math.sqrt(2 / n)
+    xs = x.numpy()
+    assert abs(stats.skew(xs)) < 5 * math.sqrt(6 / n)
+    assert abs(stats.kurtosis(xs)) < 5 * math.sqrt(24 / n)
+    assert stats.kstest(xs[:200_000], "norm").pvalue > 1e-4
+    assert float(x.abs().max()) < 5.8  # 24-bit uniforms cut the tails at √(2 ln 2²⁴)
+
+
+@pytest.mark.parametrize(
+    "neighbour",
+    [
+        lambda k, s, r, c: counter_normal(k, s, range(r.start, r.stop), range(c.start + 1, c.stop + 1)),
+        lambda k, s, r, c: counter_normal(k, s, range(r.start + 1, r.stop + 1), range(c.start, c.stop)),
+        lambda k, s, r, c: counter_normal(k, s + 1, r, c),
+        lambda k, s, r, c: counter_normal(k + 1, s, r, c),
+        lambda k, s, r, c: counter_normal(
+            k, s, range(r.start + 1, r.stop + 1), range(c.start - 1, c.stop - 1)
+        ),
+    ],
+    ids=["next-state-index", "next-member", "next-step", "next-key", "diagonal"],
+)
+def test_counter_normal_neighbours_are_uncorrelated(neighbour):
+    key, step, rows, cols = 99, 3, range(0, 100), range(1, 4001)
+    a = counter_normal(key, step, rows, cols, dtype=torch.float64).reshape(-1)
+    b = neighbour(key, step, rows, cols).double().reshape(-1)
+    rho = float(torch.corrcoef(torch.stack([a, b]))[0, 1])
+    assert abs(rho) < 5 / math.sqrt(a.numel()), rho
+    # dependence beyond correlation: |a| and |b| (variance clustering) uncorrelated too
+    rho_abs = float(torch.corrcoef(torch.stack([a.abs(), b.abs()]))[0, 1])
+    assert abs(rho_abs) < 5 / math.sqrt(a.numel()), rho_abs
+
+
+def test_counter_normal_blocks_equal_the_whole():
+    """Any split over members or state indices draws exactly the numbers of the whole array."""
+    whole = counter_normal(5, 11, range(0, 20), range(0, 1000))
+    for parts in (2, 3, 7):
+        for r in range(parts):
+            rows, cols = block(20, parts, r), block(1000, parts, r)
+            assert torch.equal(counter_normal(5, 11, rows, range(0, 1000)), whole[rows])
+            assert torch.equal(counter_normal(5, 11, range(0, 20), cols), whole[:, cols])
+    assert torch.equal(counter_normal(5, 11, range(0, 20), range(0, 1000)), whole)
+    assert not torch.equal(counter_normal(5, 12, range(0, 20), range(0, 1000)), whole)
+
+
+# ----------------------------------------------------------------------------------- sharding pieces
+
+
+def test_blocks_cover_the_range_contiguously():
+    for n, parts in ((20, 3), (7, 7), (1000, 3), (5, 2)):
+        blocks = [block(n, parts, k) for k in range(parts)]
+        assert [b.start for b in blocks[1:]] == [b.stop for b in blocks[:-1]]
+        assert blocks[0].start == 0 and blocks[-1].stop == n
+        assert max(b.stop - b.start for b in blocks) - min(b.stop - b.start for b in blocks) <= 1
+
+
+def test_sharding_needs_one_member_or_state_index_per_rank():
+    with pytest.raises(ValueError, match=r"^filter\.ranks: 3 ranks for 2 members"):
+        check_sharding("members", 2, 100, 3)
+    with pytest.raises(ValueError, match=r"^filter\.ranks: 4 ranks for a state of 3 values"):
+        check_sharding("state", 20, 3, 4)
+    check_sharding("state", 2, 100, 3)
+    with pytest.raises(ValueError, match="filter.shard"):
+        EnSF(shard="both")
+
+
+@pytest.mark.parametrize("transform", ["linear", "arctan"])
+@pytest.mark.parametrize("kind", ["identity", "subsample", "stations"])
+def test_observation_operator_restricted_to_a_state_slice(kind, transform):
+    """On x[a:b] the restricted operator gives the slice of the full likelihood score and curvature."""
+    shape, d = (2, 8, 8), 128
+    cfg = {"kind": kind, "sigma": 0.3, "every": 2, "n_stations": 10, "transform": transform}
+    op = make_observation_operator(cfg, shape, torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(4, d, generator=g)
+    y = op(torch.randn(d, generator=g))
+    score, curv = op.likelihood_score(x, y), op.curvature(x)
+    covered = []
+    for a, b in ((0, 37), (37, 38), (38, 100), (100, 128), (5, 5)):
+        sub, keep = op.restrict(a, b)
+        assert sub.d == b - a and sub.n_obs == keep.numel()
+        covered.append(keep)
+        if b > a:
+            assert torch.allclose(sub.likelihood_score(x[:, a:b], y[keep]), score[:, a:b])
+            assert torch.allclose(sub.curvature(x[:, a:b]), curv[..., a:b])
+    assert torch.equal(torch.cat(covered).sort().values, torch.arange(op.n_obs))

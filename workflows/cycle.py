@@ -3,7 +3,9 @@
     python workflows/cycle.py experiment=quickstart cycles=10 run_dir=/tmp/r1 filter=ensf
 
 Cycle k: nature(k) (truth + observations, runs ahead), forecast(k) after analysis(k−1),
-analysis(k) after forecast(k) and nature(k), evaluate(k) after analysis(k). Futures are chained
+analysis(k) after forecast(k) and nature(k), evaluate(k) after analysis(k). With
+``filter.ranks`` > 1 the analysis is an MPI job, ``{platform.mpi_launcher} -n R python -m
+scoreda.stages.analysis ...`` (its output in ``RUN/logs/analysis-NNNNNN.{out,err}``). Futures are chained
 over all cycles before anything is awaited. Every stage skips itself when its outputs exist and
 validate, so re-running the same command resumes an interrupted run.
 """
@@ -11,6 +13,7 @@ validate, so re-running the same command resumes an interrupted run.
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -18,7 +21,7 @@ from pathlib import Path
 import hydra
 import parsl
 from omegaconf import DictConfig
-from parsl import python_app
+from parsl import bash_app, python_app
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "workflows"))
@@ -54,6 +57,27 @@ def analysis_app(run_dir, cycle, inputs=()):
     return analysis(run_dir, cycle)
 
 
+@bash_app
+def analysis_mpi_app(command, inputs=(), stdout=None, stderr=None):
+    return command
+
+
+def analysis_command(cfg: DictConfig, run_dir: str, cycle: int) -> str:
+    """The analysis stage on ``filter.ranks`` MPI ranks, launched by ``platform.mpi_launcher``."""
+    stage = [sys.executable, "-m", "scoreda.stages.analysis", "--run-dir", run_dir, "--cycle", str(cycle)]
+    return f"{cfg.platform.mpi_launcher} -n {cfg.filter.ranks} {shlex.join(stage)}"
+
+
+def analysis_future(cfg: DictConfig, run_dir: str, cycle: int, inputs):
+    """analysis(k): in a Parsl worker, or as an MPI job when ``filter.ranks`` > 1."""
+    if cfg.filter.ranks == 1:
+        return analysis_app(run_dir, cycle, inputs=inputs)
+    log = Path(run_dir) / "logs" / f"analysis-{cycle:06d}"
+    return analysis_mpi_app(
+        analysis_command(cfg, run_dir, cycle), inputs=inputs, stdout=f"{log}.out", stderr=f"{log}.err"
+    )
+
+
 @python_app
 def evaluate_app(run_dir, cycle, inputs=()):
     from scoreda.stages.evaluate import evaluate
@@ -68,7 +92,7 @@ def report_app(run_dir, cycles, inputs=()):
     return report(run_dir, cycles)
 
 
-def build_dag(run_dir: str, cycles: int):
+def build_dag(cfg: DictConfig, run_dir: str, cycles: int):
     """Chain the futures of every cycle; returns (evaluate futures, report future)."""
     truth = nature_app(run_dir, 0)
     ensemble = truth  # cycle 0 writes the initial ensemble too
@@ -76,7 +100,7 @@ def build_dag(run_dir: str, cycles: int):
     for k in range(1, cycles + 1):
         truth = nature_app(run_dir, k, inputs=[truth])
         fc = forecast_app(run_dir, k, inputs=[ensemble])
-        ensemble = analysis_app(run_dir, k, inputs=[fc, truth])
+        ensemble = analysis_future(cfg, run_dir, k, inputs=[fc, truth])
         scores.append(evaluate_app(run_dir, k, inputs=[ensemble]))
     return scores, report_app(run_dir, cycles, inputs=scores)
 
@@ -87,7 +111,7 @@ def run(cfg: DictConfig) -> dict:
     tracker = Tracker(cfg, run_dir)
     t0 = time.perf_counter()
     with parsl.load(parsl_config(cfg, run_dir)):
-        scores, final = build_dag(run_dir, cfg.cycles)
+        scores, final = build_dag(cfg, run_dir, cfg.cycles)
         progress = _progress(cfg)
         for fut in scores:  # log in cycle order as results arrive
             s = fut.result()

@@ -94,6 +94,16 @@ class PointObservation:
             (gprime,) = torch.autograd.grad(self.g(xs).sum(), xs)  # elementwise g: Jacobian diagonal
         return self._scatter(gprime**2 / self.sigma**2, x)
 
+    def restrict(self, start: int, stop: int) -> tuple[PointObservation, torch.Tensor]:
+        """This operator on the state slice x[start:stop] (h is diagonal in the state).
+
+        Returns the operator on the slice — the observations whose state index falls in it,
+        re-indexed from ``start`` — and their positions ``keep`` [p'] in y, so that y' = y[keep].
+        """
+        keep = ((self.indices >= start) & (self.indices < stop)).nonzero().squeeze(1)
+        sub = PointObservation(self.indices[keep] - start, self.sigma, stop - start, self.transform)
+        return sub, keep
+
     def sample(self, truth: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Synthetic observations y = h(truth) + σo ε for a flat truth [d] → [p]."""
         hx = self(truth)

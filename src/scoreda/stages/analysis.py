@@ -1,31 +1,148 @@
-"""Analysis: assimilate the observations of cycle k into the forecast ensemble (``filter`` config)."""
+"""Analysis: assimilate the observations of cycle k into the forecast ensemble (``filter`` config).
+
+One process (``filter.ranks=1``), or ``filter.ranks`` MPI ranks for the EnSF:
+
+    mpiexec -n R python -m scoreda.stages.analysis --run-dir RUN --cycle K
+
+Every rank reads the forecast and the observations; the filter splits the work along
+``filter.shard`` (members or state); rank 0 gathers the analysis and alone writes the file and the
+timing. The result equals the one-rank result to rounding.
+"""
 
 from __future__ import annotations
 
+import math
+import os
+import sys
 import time
+import traceback
 
+import numpy as np
+import torch
+
+from scoreda.config import ConfigError
 from scoreda.filters import make_filter
+from scoreda.filters.ensf import EnSF, check_sharding
 from scoreda.seeding import generator
 from scoreda.stages.common import Run, main, record_time
 from scoreda.stages.nature import read_observations
 
+# World size as the common MPI launchers announce it to each process (before MPI is initialised).
+_LAUNCHER_SIZE = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE", "PMIX_SIZE")
+_LAUNCHER_RANK = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK", "PMIX_RANK")
 
-def analysis(run_dir, cycle: int) -> str:
-    """``analysis(k) = filter(forecast(k), obs(k))``; noise from the (seed, k, "analysis") stream."""
-    run = Run(run_dir)
-    if not run.done(cycle, "analysis"):
-        t0 = time.perf_counter()
-        prior = run.read(cycle, "forecast").to(run.cfg.device)
-        y, op = read_observations(run, cycle)
-        filt = make_filter(run.cfg.filter, run.cfg.model)
-        M = prior.shape[0]
-        post = filt.analyse(
-            prior.reshape(M, -1), y.to(prior.device), op, generator(run.cfg.seed, cycle, "analysis")
+
+def _env_int(names: tuple[str, ...]) -> int | None:
+    for name in names:
+        if os.environ.get(name, "").isdigit():
+            return int(os.environ[name])
+    return None
+
+
+class MPICollective:
+    """``scoreda.filters.ensf.Collective`` over an mpi4py communicator; tensors travel through host memory."""
+
+    def __init__(self, comm):
+        self.comm = comm
+        self.rank = comm.Get_rank()
+        self.size = comm.Get_size()
+
+    def allreduce(self, t: torch.Tensor) -> torch.Tensor:
+        from mpi4py import MPI
+
+        buf = np.ascontiguousarray(t.detach().cpu().numpy())
+        self.comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
+        return torch.from_numpy(buf).to(t.device)
+
+    def gather(self, t: torch.Tensor, dim: int) -> torch.Tensor | None:
+        local = np.ascontiguousarray(t.detach().cpu().numpy())
+        shapes = self.comm.gather(local.shape, root=0)
+        if self.rank != 0:
+            self.comm.Gatherv(local, None, root=0)
+            return None
+        counts = [math.prod(s) for s in shapes]
+        flat = np.empty(sum(counts), dtype=local.dtype)
+        self.comm.Gatherv(local, (flat, counts), root=0)
+        parts = np.split(flat, np.cumsum(counts)[:-1])
+        return torch.cat([torch.from_numpy(p.reshape(s)) for p, s in zip(parts, shapes, strict=True)], dim)
+
+    def bcast(self, obj):
+        return self.comm.bcast(obj, root=0)
+
+
+def communicator(ranks: int, launcher: str = "mpiexec") -> MPICollective | None:
+    """The MPI world for ``filter.ranks`` ranks (None for one); a clear error if the launch disagrees."""
+    launched = _env_int(_LAUNCHER_SIZE)
+    if ranks == 1:
+        if launched is not None and launched > 1:
+            raise ConfigError(
+                f"filter.ranks: 1, but launched on {launched} MPI ranks (set filter.ranks={launched})"
+            )
+        return None
+    from mpi4py import MPI
+
+    size = MPI.COMM_WORLD.Get_size()
+    if size != ranks:
+        raise ConfigError(
+            f"filter.ranks: {ranks}, but the MPI world has {size} rank(s)"
+            f" (launch with `{launcher} -n {ranks} python -m scoreda.stages.analysis ...`)"
         )
-        run.write(cycle, "analysis", post.reshape(prior.shape).cpu())
-        record_time(run, cycle, "analysis", t0)
-    return str(run.path(cycle, "analysis"))
+    return MPICollective(MPI.COMM_WORLD)
+
+
+def analysis(run_dir, cycle: int) -> str | None:
+    """``analysis(k) = filter(forecast(k), obs(k))``; noise from the (seed, k, "analysis") stream.
+
+    Returns the path of the analysis file (None on MPI ranks other than 0)."""
+    run = Run(run_dir)
+    f = run.cfg.filter
+    comm = communicator(f.ranks, run.cfg.platform.mpi_launcher)
+    filt = make_filter(f, run.cfg.model)
+    if comm is not None:
+        if not isinstance(filt, EnSF):
+            raise ConfigError(f"filter.ranks: only filter=ensf runs on several ranks, got filter={f.name}")
+        try:
+            check_sharding(f.shard, run.cfg.members, math.prod(run.shape), f.ranks)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+    done = run.done(cycle, "analysis")
+    if comm is not None:
+        done = comm.bcast(done)  # every rank follows rank 0's view of the file
+    if not done:
+        t0 = time.perf_counter()
+        prior = run.read(cycle, "forecast")
+        y, op = read_observations(run, cycle)
+        M = prior.shape[0]
+        gen = generator(run.cfg.seed, cycle, "analysis")
+        if comm is None:
+            prior = prior.to(run.cfg.device)
+            post = filt.analyse(prior.reshape(M, -1), y.to(prior.device), op, gen)
+        else:
+            post = filt.analyse(prior.reshape(M, -1), y, op, gen, comm=comm, device=run.cfg.device)
+        if comm is None or comm.rank == 0:
+            run.write(cycle, "analysis", post.reshape(prior.shape).cpu())
+            record_time(run, cycle, "analysis", t0)
+    return str(run.path(cycle, "analysis")) if comm is None or comm.rank == 0 else None
+
+
+def _cli() -> None:
+    """The stage CLI: configuration errors are one line (from rank 0); any other failure of one rank
+    aborts the whole MPI job instead of leaving the others waiting in a collective."""
+    rank = _env_int(_LAUNCHER_RANK) or 0
+    size = _env_int(_LAUNCHER_SIZE) or 1
+    try:
+        main(analysis, "Analysis stage: assimilate the observations of cycle K into its forecast ensemble.")
+    except ConfigError as e:
+        if rank == 0:
+            print(f"config error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except BaseException as e:
+        if size > 1 and "mpi4py.MPI" in sys.modules and not isinstance(e, SystemExit | KeyboardInterrupt):
+            traceback.print_exc()
+            sys.stderr.flush()
+            sys.modules["mpi4py.MPI"].COMM_WORLD.Abort(1)
+        raise
 
 
 if __name__ == "__main__":
-    main(analysis, "Analysis stage: assimilate the observations of cycle K into its forecast ensemble.")
+    _cli()

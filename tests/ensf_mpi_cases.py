@@ -1,0 +1,99 @@
+"""EnSF cases for the multi-rank tests; run under MPI, rank 0 saves every case's analysis.
+
+    mpiexec -n R python tests/ensf_mpi_cases.py OUT.npz          # all CASES on R ranks
+    mpiexec -n R python tests/ensf_mpi_cases.py --members M --d D  # one analysis (error checks)
+
+``tests/test_ensf_mpi.py`` imports ``CASES`` and ``problem`` to compute the one-rank reference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from scoreda.filters.ensf import EnSF
+from scoreda.observations import make_observation_operator
+
+# name: (EnSF settings, problem settings). M = 20 splits unevenly on 3 ranks (7, 7, 6); the state
+# (1000 values, or 2×16×16) splits unevenly too; partial observations leave some slices with few.
+CASES = {
+    "members-paired-linear": (
+        dict(shard="members", prior_score="paired", rtps=0.5, inflation=1.1),
+        dict(obs={"kind": "subsample", "every": 4, "sigma": 0.5}),
+    ),
+    "members-mixture-arctan": (
+        dict(shard="members", prior_score="mixture"),
+        dict(obs={"kind": "identity", "sigma": 0.2, "transform": "arctan"}),
+    ),
+    "state-paired-arctan": (
+        dict(shard="state", prior_score="paired", rtps=0.3),
+        dict(obs={"kind": "subsample", "every": 2, "sigma": 0.2, "transform": "arctan"}, shape=(2, 16, 16)),
+    ),
+    "state-mixture-linear": (
+        dict(shard="state", prior_score="mixture", inflation=1.05),
+        dict(obs={"kind": "subsample", "every": 4, "sigma": 0.5}),
+    ),
+    "state-mixture-arctan": (
+        dict(shard="state", prior_score="mixture", rtps=1.0),
+        dict(
+            obs={"kind": "stations", "n_stations": 40, "sigma": 0.2, "transform": "arctan"}, shape=(2, 16, 16)
+        ),
+    ),
+}
+N_STEPS = 20
+
+
+def problem(obs: dict, shape=(1, 1, 1000), members: int = 20, seed: int = 0):
+    """A prior ensemble [M, d] with spatially varying mean and spread, observations y of a truth, operator."""
+    g = torch.Generator().manual_seed(seed)
+    d = int(np.prod(shape))
+    centre = 2.0 * torch.sin(torch.arange(d) * 0.05)
+    spread = 0.5 + torch.rand(d, generator=g)
+    prior = centre + spread * torch.randn(members, d, generator=g)
+    truth = centre + spread * torch.randn(d, generator=g)
+    op = make_observation_operator(obs, shape, torch.Generator().manual_seed(seed + 1))
+    return prior, op.sample(truth, g), op
+
+
+def analyse(name: str, comm=None) -> torch.Tensor | None:
+    """The analysis of case ``name`` (on the ranks of ``comm``; None on ranks other than 0)."""
+    settings, prob = CASES[name]
+    prior, y, op = problem(**prob)
+    return EnSF(n_steps=N_STEPS, **settings).analyse(
+        prior, y, op, torch.Generator().manual_seed(11), comm=comm
+    )
+
+
+def _main() -> None:
+    from mpi4py import MPI
+
+    from scoreda.stages.analysis import MPICollective
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("out", nargs="?")
+    ap.add_argument("--members", type=int)
+    ap.add_argument("--d", type=int)
+    ap.add_argument("--shard", default="members")
+    args = ap.parse_args()
+    comm = MPICollective(MPI.COMM_WORLD)
+    torch.set_num_threads(1)
+    if args.members:  # one small analysis, for the sharding checks
+        prior, y, op = problem({"kind": "identity", "sigma": 1.0}, (1, 1, args.d), args.members)
+        try:
+            EnSF(n_steps=2, shard=args.shard).analyse(prior, y, op, comm=comm)
+        except ValueError as e:
+            if comm.rank == 0:
+                print(e, file=sys.stderr)
+            sys.exit(2)
+        return
+    results = {name: analyse(name, comm) for name in CASES}
+    if comm.rank == 0:
+        np.savez(Path(args.out), **{k: v.numpy() for k, v in results.items()})
+
+
+if __name__ == "__main__":
+    _main()
