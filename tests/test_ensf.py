@@ -228,3 +228,20 @@ def test_observation_operator_restricted_to_a_state_slice(kind, transform):
             assert torch.allclose(sub.likelihood_score(x[:, a:b], y[keep]), score[:, a:b])
             assert torch.allclose(sub.curvature(x[:, a:b]), curv[..., a:b])
     assert torch.equal(torch.cat(covered).sort().values, torch.arange(op.n_obs))
+
+
+def test_innovation_inflation_recovers_a_missing_error_variance():
+    from scoreda.filters import innovation_inflation
+    from scoreda.observations import PointObservation
+
+    g = torch.Generator().manual_seed(3)
+    M, d, sigma = 20, 20000, 1.0
+    op = PointObservation(indices=torch.arange(d), sigma=sigma, d=d)
+    prior = torch.randn(M, d, generator=g, dtype=torch.float64)  # spread 1 about a zero mean
+    # truth off the ensemble mean by N(0, 3²) (a model error the spread does not know about)
+    truth = 3.0 * torch.randn(d, generator=g, dtype=torch.float64)
+    y = truth + sigma * torch.randn(d, generator=g, dtype=torch.float64)
+    lam = innovation_inflation(prior, y, op)
+    assert lam == pytest.approx(3.0, rel=0.05)  # E‖d‖²/p = 9 + var(mean) + σo² ≈ λ²·1 + σo²
+    calibrated = truth + torch.randn(M, d, generator=g, dtype=torch.float64)
+    assert innovation_inflation(calibrated, y, op) < 1.1  # never deflates, ≈ 1 when consistent

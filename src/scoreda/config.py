@@ -66,6 +66,7 @@ class Filter:
     shard: str = "members"  # members | state
     rtps: float = 0.0
     inflation: float = 1.0
+    adaptive_inflation: bool = False  # innovation-based inflation each cycle (filters.innovation_inflation)
     # EnSF
     n_steps: int = 100
     prior_score: str = "paired"  # paired | mixture
@@ -298,7 +299,8 @@ def science_keys(cfg: DictConfig) -> dict:
     """The part of the config that determines the numbers (hashed into every checkpoint).
 
     Leaves out what may change on a resume without changing any result: cycles, platform,
-    logger, progress, run_dir.
+    logger, progress, run_dir, and filter.ranks / filter.shard (the same analysis to rounding).
     """
     c = OmegaConf.to_container(cfg, resolve=True)
+    c["filter"] = {k: v for k, v in c["filter"].items() if k not in ("ranks", "shard")}  # same numbers
     return {k: c[k] for k in ("seed", "members", "model", "observation", "filter", "shocks", "forecaster")}

@@ -48,6 +48,20 @@ def inflate(ensemble: torch.Tensor, factor: float) -> torch.Tensor:
     return mean + factor * (ensemble - mean)
 
 
+def innovation_inflation(prior: torch.Tensor, y: torch.Tensor, operator: ObservationOperator) -> float:
+    """Adaptive multiplicative inflation λ of the forecast anomalies from this cycle's innovations.
+
+    With d = y − mean_m h(x_m) [p] and the ensemble variance of h(x) per observation v [p],
+    E‖d‖² = λ² Σv + p σo² for a calibrated ensemble (Desroziers et al. 2005; the global estimate
+    of Li, Kalnay & Miyoshi 2009, here without smoothing in time, so a sudden model error is met
+    in the cycle it happens):  λ² = max(1, (‖d‖²/p − σo²) / mean(v)).  Returns λ (≥ 1).
+    """
+    hx = operator(prior)  # [M, p]
+    d = y.to(hx) - hx.mean(0)
+    v = hx.var(0).mean().clamp_min(torch.finfo(hx.dtype).tiny)
+    return max(1.0, float((d.square().mean() - operator.sigma**2) / v)) ** 0.5
+
+
 def make_filter(filter_cfg, model_cfg=None) -> Filter:
     """The filter of ``filter_cfg``; ``model_cfg`` gives the grid geometry that the LETKF localises on."""
     name = filter_cfg["name"]

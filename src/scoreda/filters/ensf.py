@@ -39,7 +39,7 @@ from typing import Protocol
 
 import torch
 
-from scoreda.filters import inflate, relax_spread
+from scoreda.filters import inflate, innovation_inflation, relax_spread
 from scoreda.observations import ObservationOperator
 from scoreda.seeding import counter_normal, noise_key
 
@@ -93,6 +93,7 @@ class EnSF:
     t_end: float = 0.0  # ε: last pseudo-time (0 integrates to the end)
     rtps: float = 0.0
     inflation: float = 1.0
+    adaptive_inflation: bool = False  # × innovation_inflation(prior, y) (≥ 1) before the analysis
     implicit: bool = True
     shard: str = "members"  # how ranks split the work: "members" | "state"
 
@@ -176,6 +177,8 @@ class EnSF:
         device = prior.device if device is None else torch.device(device)
 
         prior = inflate(prior, self.inflation)
+        if self.adaptive_inflation:  # global, from the full prior on every rank: no communication
+            prior = inflate(prior, innovation_inflation(prior, y, operator))
         floor = 1e-6 * prior.std().clamp_min(1e-30).item()
         local = prior[:, cols].to(device)  # [M, d'] (d' = d unless shard=state)
         mean = local.mean(0, keepdim=True)
