@@ -34,5 +34,8 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src workflows tests scripts
 
+bench: $(STAMP)
+	$(PY) scripts/bench_filters.py
+
 clean-runs:
 	rm -rf runs/ outputs/ multirun/
