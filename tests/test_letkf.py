@@ -1,7 +1,8 @@
-"""Tests for the LETKF: the batched local analyses equal a plain per-point loop written here, an
-infinite cutoff equals a global ETKF written here, and the Lorenz-96 benchmark error matches the
-published value."""
+"""Tests for the LETKF: the batched local analyses (FFT local sums) equal the plain per-point loop
+``analyse_point_loop`` for several observation networks, both equal a global ETKF written here for
+an infinite cutoff, and the Lorenz-96 benchmark error matches the published value."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -11,7 +12,7 @@ from omegaconf import OmegaConf
 
 from scoreda.dynamics.lorenz96 import Lorenz96
 from scoreda.filters import make_filter
-from scoreda.filters.letkf import LETKF, gaspari_cohn
+from scoreda.filters.letkf import LETKF, analyse_point_loop, gaspari_cohn
 from scoreda.observations import PointObservation, observed_indices
 
 
@@ -30,50 +31,17 @@ def gc_reference(z: np.ndarray, c: float) -> np.ndarray:
     return out
 
 
-def etkf_update(xb: np.ndarray, yb: np.ndarray, dy: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """Analysis anomalies-plus-increment Xb (w̄ + W) for one point: xb [M], yb [M, k], w [k]."""
-    M = yb.shape[0]
-    a = (M - 1) * np.eye(M) + (yb * w) @ yb.T
-    pa = np.linalg.inv(a)
-    wbar = pa @ (yb * w) @ dy
-    lam, v = np.linalg.eigh((M - 1) * pa)
-    wsq = (v * np.sqrt(lam)) @ v.T
-    return xb @ (wsq + wbar[:, None])
-
-
-def per_point_letkf(prior, y, op, shape, dx, cutoff, cross_level, inflation):
-    """Plain loop over every state point: pick its observations, weight them, do an ETKF."""
-    C, H, W = shape
-    x = prior.numpy().astype(np.float64)
-    mean = x.mean(0)
-    x = mean + inflation * (x - mean)
-    mean = x.mean(0)
-    xb = x - mean
-    hx = op(torch.from_numpy(x)).numpy()
-    ybar = hx.mean(0)
-    yb, dy = hx - ybar, y.numpy() - ybar
-    ind = op.indices.numpy()
-    oc, oi, oj = ind // (H * W), (ind % (H * W)) // W, ind % W
-    out = np.empty_like(x)
-    for s in range(C * H * W):
-        c, i, j = s // (H * W), (s % (H * W)) // W, s % W
-        di = np.minimum(np.abs(oi - i), H - np.abs(oi - i))
-        dj = np.minimum(np.abs(oj - j), W - np.abs(oj - j))
-        dist = dx * np.hypot(di, dj)
-        sel = dist < cutoff
-        w = gc_reference(dist[sel], cutoff / 2) / op.sigma**2
-        w = w * np.where(oc[sel] == c, 1.0, cross_level)
-        out[:, s] = mean[s] + etkf_update(xb[:, s], yb[:, sel], dy[sel], w)
-    return torch.from_numpy(out)
-
-
-def _case(shape, M, every, transform, seed=0):
+def _case(shape, M, every, transform, seed=0, kind="subsample"):
     g = torch.Generator().manual_seed(seed)
     C, H, W = shape
     d = C * H * W
     truth = torch.randn(d, generator=g, dtype=torch.float64)
     prior = truth + 0.5 + torch.randn(M, d, generator=g, dtype=torch.float64)
-    ind = observed_indices("subsample", shape, every=every)
+    if kind == "subsample":
+        ind = observed_indices("subsample", shape, every=every)
+    else:  # stations on all levels, plus a few of them observed twice
+        ind = observed_indices("stations", shape, n_stations=9, generator=g)
+        ind = torch.cat([ind, ind[::4]])
     op = PointObservation(ind, sigma=0.7, d=d, transform=transform)
     return prior, op.sample(truth, g), op
 
@@ -89,35 +57,50 @@ def test_gaspari_cohn_convention():
 
 
 @pytest.mark.parametrize(
-    ("transform", "cross_level"), [("linear", 1.0), ("arctan", 0.4)], ids=["linear", "arctan-cross"]
+    ("transform", "cross_level", "kind"),
+    [("linear", 1.0, "subsample"), ("arctan", 0.4, "subsample"), ("linear", 0.4, "stations")],
+    ids=["linear", "arctan-cross", "stations-duplicates-cross"],
 )
-def test_sqg_like_grid_equals_per_point_loop(transform, cross_level):
+def test_sqg_like_grid_equals_per_point_loop(transform, cross_level, kind):
     shape, L = (2, 8, 8), 8000.0  # km; dx = 1000 km
-    prior, y, op = _case(shape, M=10, every=2, transform=transform)
+    prior, y, op = _case(shape, M=10, every=2, transform=transform, kind=kind)
     filt = LETKF(cutoff=3500.0, cross_level=cross_level, inflation=1.1, dx=L / 8, domain=(L, L))
     got = filt.analyse(prior, y, op)
-    want = per_point_letkf(prior, y, op, shape, L / 8, 3500.0, cross_level, 1.1)
+    want = analyse_point_loop(filt, prior, y, op)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
-    assert filt.stencil(op.indices, prior.shape[1])[0].shape[0] == 64  # one stencil per position
-    torch.testing.assert_close(filt.analyse(prior, y, op), got)  # cached stencil, same answer
+    torch.testing.assert_close(filt.analyse(prior, y, op), got)  # cached FFT of the taper table
+    chunked = dataclasses.replace(filt, chunk_elements=1000)  # many FFT and eigh batches
+    torch.testing.assert_close(chunked.analyse(prior, y, op), got)
+    table = filt.taper_table(8, 8)  # one table for the whole grid: GC of the periodic offset (i, j)
+    i = np.minimum(np.arange(8), 8 - np.arange(8))
+    np.testing.assert_allclose(
+        table.numpy(), gc_reference(1000.0 * np.hypot(i[:, None], i), 1750.0), atol=1e-12
+    )
+    # float32 in, float32 out, close to the float64 analysis
+    got32 = filt.analyse(prior.float(), y.float(), op)
+    assert got32.dtype == torch.float32
+    torch.testing.assert_close(got32.double(), got, atol=1e-4, rtol=0)
 
 
 def test_lorenz96_equals_per_point_loop():
     shape = (1, 1, 40)
     prior, y, op = _case(shape, M=7, every=2, transform="linear", seed=1)
     filt = LETKF.from_config(
-        {"name": "letkf", "cutoff": 4 * 3.64, "inflation": 1.04}, {"name": "lorenz96", "size": 40}
+        {"name": "letkf", "cutoff": 4 * 3.64, "inflation": 1.04, "rtpp": 0.3},
+        {"name": "lorenz96", "size": 40},
     )
     got = filt.analyse(prior, y, op)
-    want = per_point_letkf(prior, y, op, shape, 1.0, 4 * 3.64, 1.0, 1.04)
+    want = analyse_point_loop(filt, prior, y, op)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("loop", [False, True], ids=["batched", "point-loop"])
 @pytest.mark.parametrize("cutoff", [math.inf, None])
-def test_infinite_cutoff_is_global_etkf(cutoff):
+def test_infinite_cutoff_is_global_etkf(cutoff, loop):
     shape = (2, 8, 8)
     prior, y, op = _case(shape, M=10, every=2, transform="linear", seed=2)
-    got = LETKF(cutoff=cutoff, dx=1.0, domain=(8.0, 8.0)).analyse(prior, y, op)
+    filt = LETKF(cutoff=cutoff, dx=1.0, domain=(8.0, 8.0))
+    got = analyse_point_loop(filt, prior, y, op) if loop else filt.analyse(prior, y, op)
     # global ETKF in matrix form
     x = prior.numpy()
     mean = x.mean(0)
