@@ -34,6 +34,11 @@ def generator(seed: int, cycle: int, stage: str) -> torch.Generator:
 # wrap mod 2⁶⁴; logical right shifts are arithmetic shifts masked to the remaining bits), so it runs
 # on any device without a host round trip and gives the same integers on CPU and GPU. Tails are cut
 # at |ξ| ≤ √(2 ln 2²⁴) ≈ 5.8 (24-bit uniforms, exact in float32).
+#
+# ``CounterNormal`` draws these numbers step after step and block of columns after block (the EnSF's
+# integration), with (j+1)γ computed once and all buffers reused; ``counter_normal`` and
+# ``counter_bits`` are one-shot draws through it. Every variant does the same operations on each
+# element, so the numbers do not depend on how the array is cut.
 
 _MASK64 = (1 << 64) - 1
 _GAMMA = 0x9E3779B97F4A7C15
@@ -74,19 +79,73 @@ def _span(s: slice | range, device) -> torch.Tensor:
     return torch.arange(r.start, r.stop, dtype=torch.int64, device=device)
 
 
+class CounterNormal:
+    """``counter_normal(key, step, rows, cols)`` for fixed (key, rows, cols), drawn step after step and
+    block of columns after block into reused buffers.
+
+    The column terms (j+1)γ [len(cols)] are computed once and the row terms b_i [len(rows)] once per
+    step; a draw then costs h = b_i + (j+1)γ, ``mix64`` and Box–Muller on one block, without allocating
+    (fresh large tensors cost page faults). ``max_cols`` bounds the widest block drawn (default: all
+    of ``cols``). What ``bits`` and ``draw`` return are views of the buffers, valid until the next call.
+    """
+
+    def __init__(
+        self,
+        key: int,
+        rows: slice | range,
+        cols: slice | range,
+        device: torch.device | str = "cpu",
+        max_cols: int | None = None,
+    ) -> None:
+        self.key = key
+        self.row_terms = (_span(rows, device) + 1).mul_(_signed(_GAMMA))  # (i+1)γ [r]
+        self.col_terms = (_span(cols, device) + 1).mul_(_signed(_GAMMA))  # (j+1)γ [c]
+        width = self.col_terms.numel() if max_cols is None else min(max_cols, self.col_terms.numel())
+        n = self.row_terms.numel() * width
+        self._bits = torch.empty(n, dtype=torch.int64, device=device)
+        self._tmp = torch.empty(n, dtype=torch.int64, device=device)
+        self._u = torch.empty(n, dtype=torch.float32, device=device)
+        self._xi = torch.empty(n, dtype=torch.float32, device=device)
+        self._step: int | None = None
+        self._b = self.row_terms
+
+    def _view(self, buf: torch.Tensor, width: int) -> torch.Tensor:
+        r = self.row_terms.numel()
+        if r * width > buf.numel():
+            raise ValueError(f"CounterNormal: a block of {width} columns is wider than max_cols")
+        return buf[: r * width].view(r, width)
+
+    def bits(self, step: int, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        """h_ij (int64) for every row and the columns cols[start:stop], [r, stop − start]."""
+        if step != self._step:  # b_i = mix(k_s + (i+1)γ), the same for every block of this step
+            k = mix64_int(mix64_int(self.key) + (step + 1) * _GAMMA)
+            self._b = mix64(self.row_terms + _signed(k))
+            self._step = step
+        c = self.col_terms[start:stop]
+        h = torch.add(self._b[:, None], c[None, :], out=self._view(self._bits, c.numel()))
+        return mix64(h, self._view(self._tmp, c.numel()))
+
+    def draw(self, step: int, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        """ξ_ij (float32) for every row and the columns cols[start:stop], [r, stop − start]."""
+        h = self.bits(step, start, stop)
+        width = h.shape[1]
+        tmp = torch.bitwise_right_shift(h, 40, out=self._view(self._tmp, width))
+        r = self._view(self._xi, width).copy_(tmp.bitwise_and_(0xFFFFFF))
+        r.add_(1.0).mul_(2.0**-24).log_().mul_(-2.0).sqrt_()  # √(−2 ln u₁); +1 exact in float32 too
+        torch.bitwise_right_shift(h, 16, out=tmp).bitwise_and_(0xFFFFFF)
+        c = self._view(self._u, width).copy_(tmp).mul_(2.0 * math.pi * 2.0**-24).cos_()  # cos 2πu₂
+        return r.mul_(c)
+
+
 def counter_bits(
     key: int,
     step: int,
     rows: slice | range,
     cols: slice | range,
     device: torch.device | str = "cpu",
-    scratch: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The 64 random bits h_ij (as int64) of ``counter_normal``, [len(rows), len(cols)]."""
-    k = mix64_int(mix64_int(key) + (step + 1) * _GAMMA)
-    b = mix64((_span(rows, device) + 1).mul_(_signed(_GAMMA)).add_(_signed(k)))
-    h = (_span(cols, device) + 1).mul_(_signed(_GAMMA))
-    return mix64(b[:, None] + h[None, :], scratch)
+    return CounterNormal(key, rows, cols, device).bits(step)
 
 
 def counter_normal(
@@ -102,11 +161,7 @@ def counter_normal(
     A pure function of (key, step, i, j): any block of the global [rows × cols] array equals the
     same block drawn whole. Returns [len(rows), len(cols)] in ``dtype`` on ``device``.
     """
-    h = counter_bits(key, step, rows, cols, device)
-    tmp = torch.bitwise_right_shift(h, 40).bitwise_and_(0xFFFFFF).add_(1)
-    r = tmp.to(torch.float32).mul_(2.0**-24).log_().mul_(-2.0).sqrt_()
-    torch.bitwise_right_shift(h, 16, out=tmp).bitwise_and_(0xFFFFFF)
-    return r.mul_(tmp.to(torch.float32).mul_(2.0 * math.pi * 2.0**-24).cos_()).to(dtype)
+    return CounterNormal(key, rows, cols, device).draw(step).to(dtype)
 
 
 def noise_key(gen: torch.Generator | None) -> int:

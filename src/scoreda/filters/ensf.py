@@ -20,8 +20,15 @@ curvature of −log p (diagonal, ``operator.curvature``) in standardised units,
 
 Plain explicit stepping goes non-finite when the likelihood is sharp (DESIGN.md); the implicit
 treatment is unconditionally stable for that term. Afterwards the spread is relaxed toward the
-forecast spread (RTPS). Cost O(n_steps · M² · d) (mixture) — the only Python loop is over
-pseudo-time.
+forecast spread (RTPS). Cost O(n_steps · M² · d) (mixture).
+
+Python loops run over pseudo-time and over column blocks of ``chunk_elements`` values (m × c, 512 KiB
+of float32 on CPU), never over members or grid points: a block's temporaries stay in cache, where
+whole-array ones ([M, d] float32/int64, 80–160 MB at d = 10⁶) cost page faults and memory traffic for
+every one of the ~40 elementwise operations of a step (scripts/bench_filters.py). Each expression is
+evaluated on a block exactly as on the whole array, so the blocking does not change a bit of
+``paired``. ``paired``: columns evolve independently, so a block runs all pseudo-time steps before the
+next one; ``mixture``: every step sweeps the blocks once, summing the next step's z·x̃ᵀ as it goes.
 
 Sharding over R ranks (``comm``; DESIGN.md): ``shard=members`` — rank r integrates a contiguous
 block of the members (every rank holds all standardised members x̃ for the mixture score; no
@@ -40,8 +47,8 @@ from typing import Protocol
 import torch
 
 from scoreda.filters import inflate, innovation_inflation, relax_spread
-from scoreda.observations import ObservationOperator
-from scoreda.seeding import counter_normal, noise_key
+from scoreda.observations import ObservationOperator, PointObservation
+from scoreda.seeding import CounterNormal, noise_key
 
 SHARDS = ("members", "state")
 
@@ -96,6 +103,7 @@ class EnSF:
     adaptive_inflation: bool = False  # × innovation_inflation(prior, y) (≥ 1) before the analysis
     implicit: bool = True
     shard: str = "members"  # how ranks split the work: "members" | "state"
+    chunk_elements: int = 1 << 17  # m × columns of one block of the integration (not a config key)
 
     def __post_init__(self) -> None:
         if self.prior_score not in ("paired", "mixture"):
@@ -142,6 +150,7 @@ class EnSF:
         sample i is x_i. ``mixture``: x in float64 and x_sq [M] = ‖x_j‖² over the FULL state;
         G = z·xᵀ [m, M] (summed over ranks by ``allreduce`` when z holds a slice of the state),
         w = softmax_j((2α G_ij − α² ‖x_j‖²) / 2β²)  (‖z_i‖² cancels), s = (α w x − z) / β².
+        (The reference form on whole arrays; ``analyse`` evaluates the same expressions block by block.)
         """
         a, b2 = self.alpha(t), self.beta_sq(t)
         if self.prior_score == "paired":
@@ -149,8 +158,12 @@ class EnSF:
         g = z.to(torch.float64) @ x.T
         if allreduce is not None:
             g = allreduce(g)
-        w = torch.softmax((2.0 * a * g - a * a * x_sq[None, :]) / (2.0 * b2), dim=1)
-        return ((a * (w @ x)).to(z.dtype) - z) / b2
+        return ((a * (self._mixture_weights(g, x_sq, t) @ x)).to(z.dtype) - z) / b2
+
+    def _mixture_weights(self, g: torch.Tensor, x_sq: torch.Tensor, t: float) -> torch.Tensor:
+        """w [m, M] = softmax_j((2α G_ij − α² ‖x_j‖²) / 2β²) from G = z·xᵀ [m, M] and ‖x_j‖² [M] (float64)."""
+        a, b2 = self.alpha(t), self.beta_sq(t)
+        return torch.softmax((2.0 * a * g - a * a * x_sq[None, :]) / (2.0 * b2), dim=1)
 
     @torch.no_grad()
     def analyse(
@@ -187,56 +200,186 @@ class EnSF:
             operator, keep = operator.restrict(cols.start, cols.stop)
             y = y[keep.to(y.device)]
         allreduce = comm.allreduce if R > 1 and self.shard == "state" else None
-        z = self._integrate(
-            (local - mean) / std,
-            mean,
-            std,
-            y.to(local),
-            operator,
-            noise_key(generator),
-            rows,
-            cols,
-            allreduce,
-        )
-        analysis = mean + std * z  # [m, d']
+        analysis = self._integrate(
+            local, mean, std, y.to(local), operator, noise_key(generator), rows, cols, allreduce
+        )  # [m, d']
         if R > 1:
-            analysis = comm.gather(analysis.contiguous(), dim=0 if self.shard == "members" else 1)
+            analysis = comm.gather(analysis, dim=0 if self.shard == "members" else 1)
             if analysis is None:
                 return None
             analysis = analysis.to(device)
         return relax_spread(analysis, prior.to(device), self.rtps)
 
-    def _integrate(self, x, mean, std, y, operator, key: int, rows: slice, cols: slice, allreduce):
-        """Reverse SDE for samples ``rows`` on state indices ``cols``: z [m, d'] at t = ε.
+    # integration --------------------------------------------------------------
+    def _column_blocks(self, m: int, n: int, device: torch.device, operator) -> list[slice]:
+        """Contiguous blocks of the n local state indices, m·width ≤ ``chunk_elements`` (CPU; one
+        block on other devices, where whole arrays are what is fast, and for an operator that cannot
+        be restricted to a block). Widths ≥ 64 are multiples of 64."""
+        whole = device.type != "cpu" or not hasattr(operator, "restrict")
+        if whole or m * n <= self.chunk_elements:
+            return [slice(0, n)]
+        width = max(1, self.chunk_elements // m)
+        width -= width % 64 if width >= 64 else 0
+        return [slice(s, min(s + width, n)) for s in range(0, n, width)]
 
-        x [M, d'] standardised members, mean/std [1, d'], ``operator`` and y restricted to ``cols``;
-        noise ξ(step, global member, global state index) from ``counter_normal``.
-        """
-        x_sq = None
-        if self.prior_score == "mixture":
-            x = x.to(torch.float64)
-            x_sq = (x * x).sum(1)
-            if allreduce is not None:
-                x_sq = allreduce(x_sq)
-
-        def noise(step: int) -> torch.Tensor:
-            return counter_normal(key, step, rows, cols, dtype=mean.dtype, device=mean.device)
-
-        if operator.linear:
-            curv = operator.curvature(mean) * std[0] ** 2  # [d'], the same for every member
-        z = noise(0)
+    def _schedule(self) -> list[_Step]:
         ts = torch.linspace(1.0, self.t_end, self.n_steps + 1, dtype=torch.float64).tolist()
+        steps = []
         for k, (t, t_next) in enumerate(zip(ts[:-1], ts[1:], strict=True)):
             dt = t - t_next
             b, g2 = self.drift_diffusion(t)
-            h = 1.0 - t
-            score = self.prior_score_fn(z, x, t, rows=rows, x_sq=x_sq, allreduce=allreduce)
-            xz = mean + std * z
-            if h > 0:
-                score = score + h * std * operator.likelihood_score(xz, y)
-            dz = dt * (g2 * score - b * z) + (dt**0.5) * (g2**0.5) * noise(k + 1)
-            if self.implicit and h > 0:
-                c = curv if operator.linear else operator.curvature(xz) * std**2
-                dz = dz / (1.0 + dt * g2 * h * c)
-            z = z + dz
-        return z
+            steps.append(_Step(k, t, dt, b, g2, 1.0 - t, self.alpha(t), self.beta_sq(t), dt**0.5 * g2**0.5))
+        return steps
+
+    def _integrate(self, local, mean, std, y, operator, key: int, rows: slice, cols: slice, allreduce):
+        """Reverse SDE for samples ``rows`` on state indices ``cols``; returns the analysis
+        mean + std·z [m, d'] at t = ε.
+
+        local [M, d'] the (inflated) forecast members on ``cols``, mean/std [1, d'], ``operator`` and y
+        restricted to ``cols``; noise ξ(step, global member, global state index) from
+        ``CounterNormal``. Every expression is evaluated on column blocks [m, c] (``chunk_elements``)
+        that stay in cache, with the same elementwise operations in the same order as on the whole
+        array (so ``paired`` gives the same bits for any blocking). ``paired``: the columns evolve
+        independently, so each block runs all pseudo-time steps in turn. ``mixture``: step k needs
+        G = z·x̃ᵀ [m, M] over all columns (float64; summed over the blocks, then over the ranks) for
+        the weights w [m, M]; one sweep over the blocks applies step k and sums step k+1's G.
+        """
+        m, n = rows.stop - rows.start, local.shape[1]
+        blocks = self._column_blocks(m, n, local.device, operator)
+        width = max(s.stop - s.start for s in blocks)
+        noise = CounterNormal(key, rows, cols, device=local.device, max_cols=width)
+        steps = self._schedule()
+        out = torch.empty(m, n, dtype=local.dtype, device=local.device)
+        if self.prior_score == "paired":
+            for sl in blocks:
+                blk = _Block.make(local, mean, std, y, operator, sl, rows, standardised=False)
+                z = self._draw(noise, 0, sl, local.dtype).clone()
+                work = _Work(z)
+                for st in steps:
+                    score = torch.mul(blk.x, st.a, out=work.score).sub_(z).div_(st.b2)  # (α x̃ − z)/β²
+                    self._advance(st, z, score, blk, noise, work)
+                torch.mul(z, blk.std, out=out[:, sl]).add_(blk.mean)
+            return out
+        x = ((local - mean) / std).to(torch.float64)  # [M, d'] standardised members
+        x_sq = (x * x).sum(1)  # ‖x̃_j‖² [M]
+        if allreduce is not None:
+            x_sq = allreduce(x_sq)
+        parts = [_Block.make(x, mean, std, y, operator, sl, slice(None), standardised=True) for sl in blocks]
+        del x
+        zs = [self._draw(noise, 0, sl, local.dtype).clone() for sl in blocks]
+        works = {z.shape: _Work(z) for z in zs}  # at most two widths
+        g = None  # G = z·x̃ᵀ = Σ_blocks z_b·x̃_bᵀ for step 0; later summed in the sweep of the step before
+        for blk, z in zip(parts, zs, strict=True):
+            g_b = z.to(torch.float64) @ blk.x.T
+            g = g_b if g is None else g.add_(g_b)
+        for i, st in enumerate(steps):
+            if allreduce is not None:
+                g = allreduce(g)
+            w = self._mixture_weights(g, x_sq, st.t)  # [m, M]
+            g = None
+            for blk, z in zip(parts, zs, strict=True):
+                score = (st.a * (w @ blk.x)).to(z.dtype).sub_(z).div_(st.b2)  # (α w x̃ − z)/β²
+                self._advance(st, z, score, blk, noise, works[z.shape])
+                if i + 1 < len(steps):
+                    g_b = z.to(torch.float64) @ blk.x.T
+                    g = g_b if g is None else g.add_(g_b)
+        for blk, z in zip(parts, zs, strict=True):
+            torch.mul(z, blk.std, out=out[:, blk.cols]).add_(blk.mean)
+        return out
+
+    @staticmethod
+    def _draw(noise: CounterNormal, step: int, sl: slice, dtype: torch.dtype) -> torch.Tensor:
+        xi = noise.draw(step, sl.start, sl.stop)
+        return xi if dtype == xi.dtype else xi.to(dtype)
+
+    def _advance(self, st: _Step, z, score, blk: _Block, noise: CounterNormal, work: _Work) -> None:
+        """One Euler–Maruyama step on a block, in place on z [m, c]; ``score`` [m, c] holds the prior
+        score on entry and is overwritten. With x = mean + std·z, s = score + h std ∇log p(y|x),
+
+            Δz = Δt (σ² s − b z) + √Δt σ ξ,   z ← z + Δz / (1 + Δt σ² h C)   (C = curvature · std²).
+        """
+        xz = torch.mul(z, blk.std, out=work.xz).add_(blk.mean)  # x = mean + std·z
+        if st.h > 0:
+            if blk.direct:  # every index observed, h = identity: ∇log p = (y − x)/σo²
+                lik = torch.sub(blk.y, xz, out=work.lik).div_(blk.op.sigma**2)
+            else:
+                lik = blk.op.likelihood_score(xz, blk.y)
+            score.add_(lik.mul_(st.h * blk.std))
+        score.mul_(st.g2).sub_(torch.mul(z, st.b, out=work.bz)).mul_(st.dt)  # Δt (σ² s − b z)
+        score.add_(self._draw(noise, st.k + 1, blk.cols, z.dtype).mul_(st.sq))  # + √Δt σ ξ
+        if self.implicit and st.h > 0:
+            coef = st.dt * st.g2 * st.h
+            if blk.op.linear:  # C [c], the same for every member
+                score.div_(torch.mul(blk.curv, coef, out=work.den).add_(1.0))
+            else:
+                score.div_(blk.op.curvature(xz).mul_(blk.std_sq).mul_(coef).add_(1.0))
+        z.add_(score)
+
+
+@dataclass(frozen=True)
+class _Step:
+    """Pseudo-time step k from t to t − dt: drift b, diffusion σ² (g2), damping h, α, β², √Δt σ (sq)."""
+
+    k: int
+    t: float
+    dt: float
+    b: float
+    g2: float
+    h: float
+    a: float
+    b2: float
+    sq: float
+
+
+@dataclass
+class _Block:
+    """One column block ``cols`` (local state indices): the standardised members x̃ [·, c] on it
+    (``paired``: the rows being integrated; ``mixture``: all members, float64), mean/std [1, c], std² [1, c],
+    the operator and y restricted to it, the linear curvature C = curvature(mean)·std² [c], and
+    ``direct``: whether ∇log p(y|x) = (y − x)/σo² (see ``_direct``)."""
+
+    cols: slice
+    x: torch.Tensor
+    mean: torch.Tensor
+    std: torch.Tensor
+    std_sq: torch.Tensor
+    op: ObservationOperator
+    y: torch.Tensor
+    curv: torch.Tensor | None
+    direct: bool
+
+    @classmethod
+    def make(cls, x, mean, std, y, operator, cols: slice, rows: slice, standardised: bool) -> _Block:
+        mean_b, std_b = mean[:, cols].contiguous(), std[:, cols].contiguous()
+        if standardised:
+            x_b = x[rows, cols].contiguous()
+        else:  # x̃ = (x − mean)/std on the rows integrated here
+            x_b = (x[rows, cols] - mean_b) / std_b
+        if cols == slice(0, x.shape[1]):
+            op, y_b = operator, y
+        else:
+            op, keep = operator.restrict(cols.start, cols.stop)
+            y_b = y[keep.to(y.device)]
+        curv = op.curvature(mean_b) * std_b[0] ** 2 if op.linear else None
+        return cls(cols, x_b, mean_b, std_b, std_b**2, op, y_b, curv, _direct(op, y_b, mean_b))
+
+
+def _direct(op: ObservationOperator, y: torch.Tensor, probe: torch.Tensor) -> bool:
+    """Whether ``op`` observes all of its c state indices in order with h the identity (a linear
+    ``PointObservation`` of the whole block), so that its likelihood score Hᵀ(y − Hx)/σo² is
+    (y − x)/σo² elementwise — the same operations without the gather and scatter. Checked once on
+    ``probe`` [1, c] against ``op.likelihood_score`` (same bits, or the operator is used as is)."""
+    c = probe.shape[1]
+    if not (isinstance(op, PointObservation) and op.linear and op.n_obs == c):
+        return False
+    if not torch.equal(op.indices.cpu(), torch.arange(c)):
+        return False
+    return torch.equal((y - probe) / op.sigma**2, op.likelihood_score(probe, y))
+
+
+class _Work:
+    """Scratch buffers shaped like one block [m, c] (and [c])."""
+
+    def __init__(self, like: torch.Tensor) -> None:
+        self.score, self.xz, self.bz, self.lik = (torch.empty_like(like) for _ in range(4))
+        self.den = torch.empty(like.shape[1], dtype=like.dtype, device=like.device)
