@@ -37,24 +37,11 @@ from scoreda.tracking import Tracker  # noqa: E402
 
 
 @python_app
-def nature_app(run_dir, cycle, inputs=()):
-    from scoreda.stages.nature import nature
+def stage_app(stage, run_dir, cycle, inputs=()):
+    """One stage of one cycle in a Parsl worker: ``scoreda.stages.<stage>.<stage>(run_dir, cycle)``."""
+    import importlib
 
-    return nature(run_dir, cycle)
-
-
-@python_app
-def forecast_app(run_dir, cycle, inputs=()):
-    from scoreda.stages.forecast import forecast
-
-    return forecast(run_dir, cycle)
-
-
-@python_app
-def analysis_app(run_dir, cycle, inputs=()):
-    from scoreda.stages.analysis import analysis
-
-    return analysis(run_dir, cycle)
+    return getattr(importlib.import_module(f"scoreda.stages.{stage}"), stage)(run_dir, cycle)
 
 
 @bash_app
@@ -71,18 +58,11 @@ def analysis_command(cfg: DictConfig, run_dir: str, cycle: int) -> str:
 def analysis_future(cfg: DictConfig, run_dir: str, cycle: int, inputs):
     """analysis(k): in a Parsl worker, or as an MPI job when ``filter.ranks`` > 1."""
     if cfg.filter.ranks == 1:
-        return analysis_app(run_dir, cycle, inputs=inputs)
+        return stage_app("analysis", run_dir, cycle, inputs=inputs)
     log = Path(run_dir) / "logs" / f"analysis-{cycle:06d}"
     return analysis_mpi_app(
         analysis_command(cfg, run_dir, cycle), inputs=inputs, stdout=f"{log}.out", stderr=f"{log}.err"
     )
-
-
-@python_app
-def evaluate_app(run_dir, cycle, inputs=()):
-    from scoreda.stages.evaluate import evaluate
-
-    return evaluate(run_dir, cycle)
 
 
 @python_app
@@ -94,14 +74,14 @@ def report_app(run_dir, cycles, inputs=()):
 
 def build_dag(cfg: DictConfig, run_dir: str, cycles: int):
     """Chain the futures of every cycle; returns (evaluate futures, report future)."""
-    truth = nature_app(run_dir, 0)
+    truth = stage_app("nature", run_dir, 0)
     ensemble = truth  # cycle 0 writes the initial ensemble too
     scores = []
     for k in range(1, cycles + 1):
-        truth = nature_app(run_dir, k, inputs=[truth])
-        fc = forecast_app(run_dir, k, inputs=[ensemble])
+        truth = stage_app("nature", run_dir, k, inputs=[truth])
+        fc = stage_app("forecast", run_dir, k, inputs=[ensemble])
         ensemble = analysis_future(cfg, run_dir, k, inputs=[fc, truth])
-        scores.append(evaluate_app(run_dir, k, inputs=[ensemble]))
+        scores.append(stage_app("evaluate", run_dir, k, inputs=[ensemble]))
     return scores, report_app(run_dir, cycles, inputs=scores)
 
 

@@ -62,6 +62,15 @@ def innovation_inflation(prior: torch.Tensor, y: torch.Tensor, operator: Observa
     return max(1.0, float((d.square().mean() - operator.sigma**2) / v)) ** 0.5
 
 
+def inflate_prior(
+    prior: torch.Tensor, y: torch.Tensor, operator: ObservationOperator, factor: float, adaptive: bool
+) -> torch.Tensor:
+    """The forecast ensemble as a filter analyses it: anomalies × ``factor`` (``filter.inflation``),
+    then × ``innovation_inflation`` when ``adaptive`` (``filter.adaptive_inflation``)."""
+    prior = inflate(prior, factor)
+    return inflate(prior, innovation_inflation(prior, y, operator)) if adaptive else prior
+
+
 def make_filter(filter_cfg, model_cfg=None) -> Filter:
     """The filter of ``filter_cfg``; ``model_cfg`` gives the grid geometry that the LETKF localises on."""
     name = filter_cfg["name"]

@@ -46,7 +46,7 @@ from typing import Protocol
 
 import torch
 
-from scoreda.filters import inflate, innovation_inflation, relax_spread
+from scoreda.filters import inflate_prior, relax_spread
 from scoreda.observations import ObservationOperator, PointObservation
 from scoreda.seeding import CounterNormal, noise_key
 
@@ -189,9 +189,8 @@ class EnSF:
         cols = block(d, R, rank) if self.shard == "state" else slice(0, d)
         device = prior.device if device is None else torch.device(device)
 
-        prior = inflate(prior, self.inflation)
-        if self.adaptive_inflation:  # global, from the full prior on every rank: no communication
-            prior = inflate(prior, innovation_inflation(prior, y, operator))
+        # global, from the full prior that every rank holds: no communication
+        prior = inflate_prior(prior, y, operator, self.inflation, self.adaptive_inflation)
         floor = 1e-6 * prior.std().clamp_min(1e-30).item()
         local = prior[:, cols].to(device)  # [M, d'] (d' = d unless shard=state)
         mean = local.mean(0, keepdim=True)

@@ -64,7 +64,7 @@ from dataclasses import dataclass, field, fields
 
 import torch
 
-from scoreda.filters import inflate, innovation_inflation, relax_spread
+from scoreda.filters import inflate_prior, relax_spread
 from scoreda.observations import ObservationOperator
 
 
@@ -202,9 +202,7 @@ class LETKF:
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """Analysis ensemble [M, d] from the forecast ensemble ``prior`` [M, d] and obs ``y`` [p]."""
-        prior = inflate(prior, self.inflation)
-        if self.adaptive_inflation:
-            prior = inflate(prior, innovation_inflation(prior, y, operator))
+        prior = inflate_prior(prior, y, operator, self.inflation, self.adaptive_inflation)
         M, d = prior.shape
         C, H, W = self.grid(d)
         if operator.indices.numel() == 0:
@@ -252,7 +250,7 @@ def analyse_point_loop(
     the periodic distances r to all observations, keep those with r < cutoff, weight them
     w = GC(r)·λ/σo², and do one ETKF with A = (M − 1)I + Ybᵀ diag(w) Yb (eigh). Vectorised over
     observations only: d Python iterations, no sharing between levels."""
-    prior = inflate(prior, letkf.inflation)
+    prior = inflate_prior(prior, y, operator, letkf.inflation, letkf.adaptive_inflation)
     M, d = prior.shape
     C, H, W = letkf.grid(d)
     mean = prior.mean(0)
