@@ -8,6 +8,7 @@ key — on the first problem.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from dataclasses import dataclass, field, fields, make_dataclass
 from typing import Any, get_type_hints
 
@@ -90,7 +91,56 @@ class Shocks:
 
 @dataclass
 class Forecaster:
-    name: str = "physics"
+    name: str = "physics"  # physics | vit (the `surrogate` section)
+
+
+@dataclass
+class Surrogate:
+    """The ViT surrogate of DESIGN.md (seed 002, Table II; the authors' public code for the extras):
+    architecture, the optimiser shared by pre-training and online fine-tuning, and the cycle keys."""
+
+    name: str = "vit_tiny"
+    img_size: int = 64  # H = W of the state (model.N for SQG)
+    channels: int = 2  # levels of the state
+    patch: int = 4
+    embed_dim: int = 128
+    depth: int = 4
+    heads: int = 4
+    mlp_ratio: float = 4.0
+    drop_rate: float = 0.0
+    drop_path: float = 0.0
+    head_depth: int = 2  # hidden Linear(D, D) + GELU layers before the output projection
+    level_aggregation: bool = True  # one patch embedding per level, merged by one cross-attention
+    residual: bool = True  # predict x(t+12 h) − x(t)
+    # optimiser (AdamW, linear warm-up then cosine decay to min_lr)
+    lr: float = 5e-4
+    min_lr: float = 1e-6
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    weight_decay: float = 1e-5
+    warmup_steps: int = 50
+    batch_size: int = 8  # global samples per optimiser step (over ranks and accumulation)
+    grad_accum: int = 1  # micro-batches per optimiser step on each rank
+    # the cycle
+    checkpoint: str | None = None  # consolidated weights from workflows/pretrain.py (forecaster=vit)
+    online: bool = False  # fine-tune every cycle on recent analysis pairs
+    lag: int = 0  # 1: forecast(k+1) uses the weights of cycle k−1, so training overlaps it
+    replay: int = 4  # cycles of analysis pairs (analysis(j−1)[i] → analysis(j)[i]) in the window
+    finetune_steps: int = 10  # optimiser steps per cycle
+    finetune_lr: float = 1e-4  # constant learning rate of online fine-tuning
+
+
+@dataclass
+class Parallel:
+    """Data-parallel training strategy (seed 002, Table I) and its knobs."""
+
+    name: str = "ddp"  # zero1 | zero2 | zero3 | ddp | fsdp_full | fsdp_grad_op
+    ranks: int = 1  # training processes (the train stage and pre-training)
+    launcher: str = "torchrun"  # torchrun | mpiexec | srun | deepspeed
+    precision: str = "fp32"  # fp32 | bf16
+    bucket_size: float = 5e8  # ZeRO reduce/allgather bucket (elements); the paper found 5e8 best
+    overlap_comm: bool = True
+    contiguous_gradients: bool = True
+    backend: str = "auto"  # auto: gloo on CPU, nccl on GPU (RCCL on ROCm) | gloo | nccl
 
 
 @dataclass
@@ -127,6 +177,8 @@ class Root:
     filter: Filter = field(default_factory=Filter)
     shocks: Shocks = field(default_factory=Shocks)
     forecaster: Forecaster = field(default_factory=Forecaster)
+    surrogate: Surrogate = field(default_factory=Surrogate)
+    parallel: Parallel = field(default_factory=Parallel)
     platform: Platform = field(default_factory=Platform)
     logger: Logger = field(default_factory=Logger)
 
@@ -265,10 +317,28 @@ def _check_values(c: DictConfig) -> None:
         f"must be a non-empty list of positive numbers, got {list(c.shocks.std)}",
     )
     _check(
-        c.forecaster.name == "physics",
+        c.forecaster.name in ("physics", "vit"),
         "forecaster.name",
-        f"{c.forecaster.name!r} is not available yet (expected physics)",
+        f"expected physics or vit, got {c.forecaster.name!r}",
     )
+    check_surrogate(c.surrogate, c.parallel)
+    if c.forecaster.name == "vit":
+        s = c.surrogate
+        _check(
+            (s.channels, s.img_size, s.img_size) == tuple(grid),
+            "surrogate.img_size",
+            f"the surrogate maps {s.channels}×{s.img_size}² states, the model's are {'×'.join(map(str, grid))}",
+        )
+        _check(
+            s.checkpoint is not None,
+            "surrogate.checkpoint",
+            "forecaster=vit needs pre-trained weights (python workflows/pretrain.py writes them)",
+        )
+        _check(
+            Path(s.checkpoint).is_file(),
+            "surrogate.checkpoint",
+            f"no such file {s.checkpoint!r} (python workflows/pretrain.py writes it)",
+        )
     p = c.platform
     _check(p.name in ("local",), "platform.name", f"unknown platform {p.name!r} (expected local)")
     _check(p.workers >= 1, "platform.workers", f"must be ≥ 1, got {p.workers}")
@@ -284,6 +354,66 @@ def _check_values(c: DictConfig) -> None:
         "logger.mode",
         f"expected offline, online or disabled, got {c.logger.mode!r}",
     )
+
+
+def check_surrogate(s: DictConfig, par: DictConfig) -> None:
+    """Values of the ``surrogate`` and ``parallel`` sections (also used by workflows/pretrain.py)."""
+    for key in ("img_size", "channels", "patch", "embed_dim", "depth", "heads", "batch_size", "grad_accum"):
+        _check(s[key] >= 1, f"surrogate.{key}", f"must be ≥ 1, got {s[key]}")
+    _check(
+        s.img_size % s.patch == 0,
+        "surrogate.patch",
+        f"{s.patch} does not divide surrogate.img_size={s.img_size}",
+    )
+    _check(
+        s.embed_dim % s.heads == 0,
+        "surrogate.heads",
+        f"{s.heads} does not divide surrogate.embed_dim={s.embed_dim}",
+    )
+    _check(s.mlp_ratio > 0, "surrogate.mlp_ratio", f"must be positive, got {s.mlp_ratio}")
+    _check(s.head_depth >= 0, "surrogate.head_depth", f"must be ≥ 0, got {s.head_depth}")
+    for key in ("drop_rate", "drop_path"):
+        _check(0 <= s[key] < 1, f"surrogate.{key}", f"must be in [0, 1), got {s[key]}")
+    for key in ("lr", "finetune_lr"):
+        _check(s[key] > 0, f"surrogate.{key}", f"must be positive, got {s[key]}")
+    _check(0 <= s.min_lr <= s.lr, "surrogate.min_lr", f"must be in [0, surrogate.lr], got {s.min_lr}")
+    _check(
+        len(s.betas) == 2 and all(0 <= b < 1 for b in s.betas),
+        "surrogate.betas",
+        f"expected two numbers in [0, 1), got {list(s.betas)}",
+    )
+    _check(s.weight_decay >= 0, "surrogate.weight_decay", f"must be ≥ 0, got {s.weight_decay}")
+    _check(s.warmup_steps >= 0, "surrogate.warmup_steps", f"must be ≥ 0, got {s.warmup_steps}")
+    _check(s.lag in (0, 1), "surrogate.lag", f"expected 0 or 1, got {s.lag}")
+    _check(s.replay >= 1, "surrogate.replay", f"must be ≥ 1, got {s.replay}")
+    _check(s.finetune_steps >= 1, "surrogate.finetune_steps", f"must be ≥ 1, got {s.finetune_steps}")
+    _check(
+        par.name in PARALLEL,
+        "parallel.name",
+        f"unknown strategy {par.name!r} (expected {', '.join(PARALLEL)})",
+    )
+    _check(par.ranks >= 1, "parallel.ranks", f"must be ≥ 1, got {par.ranks}")
+    _check(
+        s.batch_size % (par.ranks * s.grad_accum) == 0,
+        "surrogate.batch_size",
+        f"{s.batch_size} is not a multiple of parallel.ranks × surrogate.grad_accum"
+        f" = {par.ranks * s.grad_accum}",
+    )
+    _check(
+        par.launcher in ("torchrun", "mpiexec", "srun", "deepspeed"),
+        "parallel.launcher",
+        f"expected torchrun, mpiexec, srun or deepspeed, got {par.launcher!r}",
+    )
+    _check(par.precision in ("fp32", "bf16"), "parallel.precision", f"expected fp32 or bf16, got {par.precision!r}")
+    _check(par.bucket_size >= 1, "parallel.bucket_size", f"must be ≥ 1, got {par.bucket_size}")
+    _check(
+        par.backend in ("auto", "gloo", "nccl"),
+        "parallel.backend",
+        f"expected auto, gloo or nccl, got {par.backend!r}",
+    )
+
+
+PARALLEL = ("zero1", "zero2", "zero3", "ddp", "fsdp_full", "fsdp_grad_op")
 
 
 def state_shape(model_cfg) -> tuple[int, int, int]:
@@ -303,4 +433,8 @@ def science_keys(cfg: DictConfig) -> dict:
     """
     c = OmegaConf.to_container(cfg, resolve=True)
     c["filter"] = {k: v for k, v in c["filter"].items() if k not in ("ranks", "shard")}  # same numbers
-    return {k: c[k] for k in ("seed", "members", "model", "observation", "filter", "shocks", "forecaster")}
+    keys = ["seed", "members", "model", "observation", "filter", "shocks", "forecaster"]
+    if c["forecaster"]["name"] == "vit":  # the surrogate's numbers; not how many ranks train it
+        keys += ["surrogate", "parallel"]
+        c["parallel"] = {k: v for k, v in c["parallel"].items() if k not in ("ranks", "launcher", "backend")}
+    return {k: c[k] for k in keys}
