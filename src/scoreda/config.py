@@ -8,8 +8,8 @@ key — on the first problem.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from dataclasses import dataclass, field, fields, make_dataclass
+from pathlib import Path
 from typing import Any, get_type_hints
 
 from omegaconf import DictConfig, OmegaConf
@@ -327,7 +327,8 @@ def _check_values(c: DictConfig) -> None:
         _check(
             (s.channels, s.img_size, s.img_size) == tuple(grid),
             "surrogate.img_size",
-            f"the surrogate maps {s.channels}×{s.img_size}² states, the model's are {'×'.join(map(str, grid))}",
+            f"the surrogate maps {s.channels}×{s.img_size}² states,"
+            f" the model's are {'×'.join(map(str, grid))}",
         )
         _check(
             s.checkpoint is not None,
@@ -404,7 +405,11 @@ def check_surrogate(s: DictConfig, par: DictConfig) -> None:
         "parallel.launcher",
         f"expected torchrun, mpiexec, srun or deepspeed, got {par.launcher!r}",
     )
-    _check(par.precision in ("fp32", "bf16"), "parallel.precision", f"expected fp32 or bf16, got {par.precision!r}")
+    _check(
+        par.precision in ("fp32", "bf16"),
+        "parallel.precision",
+        f"expected fp32 or bf16, got {par.precision!r}",
+    )
     _check(par.bucket_size >= 1, "parallel.bucket_size", f"must be ≥ 1, got {par.bucket_size}")
     _check(
         par.backend in ("auto", "gloo", "nccl"),
