@@ -130,6 +130,21 @@ class Surrogate:
 
 
 @dataclass
+class Pretrain:
+    """Offline pre-training of the surrogate on a nature-run trajectory (workflows/pretrain.py)."""
+
+    out_dir: str = "runs/pretrain/vit_tiny"  # trajectory.h5, weights.pt, report.json
+    trajectories: int = 16  # independent nature runs, made in one batch
+    held_out: int = 2  # of them, kept for evaluation only
+    length: int = 160  # states per trajectory, model.cycle_hours apart (length − 1 pairs each)
+    decorrelate_cycles: int = 20  # cycles between branching off the spun-up run and the first state
+    steps: int = 3000  # optimiser steps (sets the learning-rate schedule)
+    max_minutes: float = 15.0  # stop at a step boundary after this much training time
+    roll: bool = True  # augment with random periodic shifts along x (the forcing is x-invariant)
+    eval_noise: float = 1.0  # initial-state error of the noisy-start comparison [model units]
+
+
+@dataclass
 class Parallel:
     """Data-parallel training strategy (seed 002, Table I) and its knobs."""
 
@@ -179,6 +194,7 @@ class Root:
     forecaster: Forecaster = field(default_factory=Forecaster)
     surrogate: Surrogate = field(default_factory=Surrogate)
     parallel: Parallel = field(default_factory=Parallel)
+    pretrain: Pretrain = field(default_factory=Pretrain)
     platform: Platform = field(default_factory=Platform)
     logger: Logger = field(default_factory=Logger)
 
@@ -322,6 +338,22 @@ def _check_values(c: DictConfig) -> None:
         f"expected physics or vit, got {c.forecaster.name!r}",
     )
     check_surrogate(c.surrogate, c.parallel)
+    pt = c.pretrain
+    for key in ("trajectories", "length"):
+        _check(pt[key] >= 2, f"pretrain.{key}", f"must be ≥ 2, got {pt[key]}")
+    _check(pt.steps >= 1, "pretrain.steps", f"must be ≥ 1, got {pt.steps}")
+    _check(
+        1 <= pt.held_out < pt.trajectories,
+        "pretrain.held_out",
+        f"must be in [1, pretrain.trajectories={pt.trajectories}), got {pt.held_out}",
+    )
+    _check(
+        pt.decorrelate_cycles >= 0,
+        "pretrain.decorrelate_cycles",
+        f"must be ≥ 0, got {pt.decorrelate_cycles}",
+    )
+    _check(pt.max_minutes > 0, "pretrain.max_minutes", f"must be positive, got {pt.max_minutes}")
+    _check(pt.eval_noise >= 0, "pretrain.eval_noise", f"must be ≥ 0, got {pt.eval_noise}")
     if c.forecaster.name == "vit":
         s = c.surrogate
         _check(
