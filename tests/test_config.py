@@ -61,6 +61,7 @@ def test_default_config_validates():
         (["filter.n_steps=0"], "filter.n_steps:"),
         (["model.dt=1000"], "model.dt:"),
         (["filter.rtps=1.5"], "filter.rtps:"),
+        (["filter.unobserved=nearest"], "filter.unobserved:"),
         (["observation.sigma=0"], "observation.sigma:"),
         (["filter.ranks=50"], "filter.ranks:"),
         (["+bogus=1"], "bogus:"),

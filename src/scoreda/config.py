@@ -75,6 +75,7 @@ class Filter:
     eps_beta: float = 0.5
     t_end: float = 0.0
     implicit: bool = True
+    unobserved: str = "regress"  # none | regress (localised regression from the observed; uses cutoff)
     # LETKF
     cutoff: float = 2000.0  # distance where the Gaspari–Cohn taper reaches zero (km; index units for L96)
     cross_level: float = 1.0
@@ -323,6 +324,11 @@ def _check_values(c: DictConfig) -> None:
     _check(0 < f.eps_alpha < 1, "filter.eps_alpha", f"must be in (0, 1), got {f.eps_alpha}")
     _check(0 <= f.eps_beta <= 1, "filter.eps_beta", f"must be in [0, 1], got {f.eps_beta}")
     _check(0 <= f.t_end < 1, "filter.t_end", f"must be in [0, 1), got {f.t_end}")
+    _check(
+        f.unobserved in ("none", "regress"),
+        "filter.unobserved",
+        f"expected none or regress, got {f.unobserved!r}",
+    )
     _check(f.cutoff > 0, "filter.cutoff", f"must be positive (.inf: global ETKF), got {f.cutoff}")
     _check(f.cross_level >= 0, "filter.cross_level", f"must be ≥ 0, got {f.cross_level}")
     _check(0 <= f.rtpp <= 1, "filter.rtpp", f"must be in [0, 1], got {f.rtpp}")
