@@ -4,6 +4,9 @@
 
 Cycle k: nature(k) (truth + observations, runs ahead), forecast(k) after analysis(k−1),
 analysis(k) after forecast(k) and nature(k), evaluate(k) after analysis(k). With
+``forecaster=vit surrogate.online=true``, train(k) (fine-tuning, ``parallel.ranks`` processes by
+``parallel.launcher``, logs in ``RUN/logs/train-NNNNNN.*``) follows analysis(k) and train(k−1), and
+forecast(k) waits for train(k − 1 − ``surrogate.lag``). With
 ``filter.ranks`` > 1 the analysis is an MPI job, ``{platform.mpi_launcher} -n R python -m
 scoreda.stages.analysis ...`` (its output in ``RUN/logs/analysis-NNNNNN.{out,err}``). Futures are chained
 over all cycles before anything is awaited. Every stage skips itself when its outputs exist and
@@ -28,7 +31,7 @@ sys.path.insert(0, str(ROOT / "workflows"))
 # Parsl's interchange and worker pool (and mpiexec) are scripts beside this interpreter.
 os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
 
-from platforms import parsl_config, precheck_groups  # noqa: E402
+from platforms import launch_command, parsl_config, precheck_groups  # noqa: E402
 
 from scoreda.config import ConfigError, validate  # noqa: E402
 from scoreda.stages.common import write_config  # noqa: E402
@@ -65,6 +68,19 @@ def analysis_future(cfg: DictConfig, run_dir: str, cycle: int, inputs):
     )
 
 
+@bash_app
+def train_app(command, inputs=(), stdout=None, stderr=None):
+    return command
+
+
+def train_future(cfg: DictConfig, run_dir: str, cycle: int, inputs):
+    """train(k): online fine-tuning on ``parallel.ranks`` processes started by ``parallel.launcher``."""
+    args = ["--run-dir", run_dir, "--cycle", str(cycle)]
+    command = launch_command(cfg, "scoreda.stages.train", args, cfg.parallel.ranks)
+    log = Path(run_dir) / "logs" / f"train-{cycle:06d}"
+    return train_app(command, inputs=inputs, stdout=f"{log}.out", stderr=f"{log}.err")
+
+
 @python_app
 def report_app(run_dir, cycles, inputs=()):
     from scoreda.stages.evaluate import report
@@ -76,12 +92,19 @@ def build_dag(cfg: DictConfig, run_dir: str, cycles: int):
     """Chain the futures of every cycle; returns (evaluate futures, report future)."""
     truth = stage_app("nature", run_dir, 0)
     ensemble = truth  # cycle 0 writes the initial ensemble too
+    online = cfg.forecaster.name == "vit" and cfg.surrogate.online
+    trained = {}  # cycle -> train future (online fine-tuning)
     scores = []
     for k in range(1, cycles + 1):
         truth = stage_app("nature", run_dir, k, inputs=[truth])
-        fc = stage_app("forecast", run_dir, k, inputs=[ensemble])
+        weights = [trained[j]] if (j := k - 1 - cfg.surrogate.lag) in trained else []
+        fc = stage_app("forecast", run_dir, k, inputs=[ensemble, *weights])
         ensemble = analysis_future(cfg, run_dir, k, inputs=[fc, truth])
-        scores.append(stage_app("evaluate", run_dir, k, inputs=[ensemble]))
+        if online:  # train(k) after analysis(k) and train(k−1); overlaps forecast(k+1) when lag = 1
+            previous = [trained[k - 1]] if k > 1 else []
+            trained[k] = train_future(cfg, run_dir, k, inputs=[ensemble, *previous])
+        done = [ensemble, *([trained[k]] if online else [])]
+        scores.append(stage_app("evaluate", run_dir, k, inputs=done))
     return scores, report_app(run_dir, cycles, inputs=scores)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import sys
 from pathlib import Path
 
@@ -38,6 +39,32 @@ def parsl_config(cfg: DictConfig, run_dir: str) -> Config:
             initialize_logging=False,
         )
     raise ValueError(f"platform.name: unknown platform {p.name!r}")
+
+
+def launch_command(cfg: DictConfig, module: str, args: list[str], ranks: int) -> str:
+    """Shell command running ``python -m module args`` on ``ranks`` processes with ``parallel.launcher``.
+
+    One rank is a plain process (the stage discovers a world of one). ``torchrun`` runs standalone
+    on this host; ``mpiexec`` is ``platform.mpi_launcher``; ``srun`` runs inside an allocation;
+    ``deepspeed`` is DeepSpeed's own launcher. The stage finds its rank from whichever launched it
+    (``scoreda.surrogate.distributed.discover``).
+    """
+    py = [sys.executable, "-m", module, *args]
+    if ranks == 1:
+        return shlex.join(py)
+    bindir = Path(sys.executable).parent
+    launcher = cfg.parallel.launcher
+    if launcher == "torchrun":
+        cmd = [str(bindir / "torchrun"), "--standalone", f"--nproc_per_node={ranks}", "-m", module, *args]
+    elif launcher == "mpiexec":
+        cmd = [*shlex.split(cfg.platform.mpi_launcher), "-n", str(ranks), *py]
+    elif launcher == "srun":
+        cmd = ["srun", f"--ntasks={ranks}", *py]
+    elif launcher == "deepspeed":
+        cmd = [str(bindir / "deepspeed"), f"--num_gpus={ranks}", "--module", module, *args]
+    else:
+        raise ValueError(f"parallel.launcher: unknown launcher {launcher!r}")
+    return shlex.join(cmd)
 
 
 def precheck_groups(config_dir: Path, overrides: list[str]) -> None:

@@ -1,0 +1,183 @@
+"""Offline pre-training of the ViT surrogate on nature-run trajectories (seed 002, section III-B).
+
+Three steps, each runnable alone (``python -m scoreda.stages.pretrain STEP --out-dir DIR``, the
+directory holding ``config.yaml``); ``workflows/pretrain.py`` chains them:
+
+- ``trajectory``: one run spun up from noise for ``model.spinup_cycles`` cycles, branched into
+  ``pretrain.trajectories`` copies by N(0, 1) noise, each decorrelated for
+  ``pretrain.decorrelate_cycles`` cycles, then ``pretrain.length`` states one cycle apart,
+  ``DIR/trajectory.h5`` [trajectory, time, level, y, x]. Reused when its hash matches.
+- ``train`` (under a launcher, any number of ranks): pairs x_t → x_{t+1} of the first
+  ``trajectories − held_out`` trajectories, normalised per level by their mean and std; global
+  batches of ``surrogate.batch_size`` drawn from the (seed, step, "pretrain-batch") stream, each
+  sample rolled along x by a random shift when ``pretrain.roll``; ``pretrain.steps`` optimiser steps
+  or ``pretrain.max_minutes``, whichever first. Writes ``DIR/weights.pt`` and ``DIR/train.json``.
+- ``evaluate``: 12-hour forecasts of the held-out pairs from the true state and from the state plus
+  N(0, eval_noise²) noise — the surrogate, persistence and the SQG model itself — as RMSE over all
+  grid values, averaged over pairs. Writes ``DIR/report.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+from scoreda.dynamics import make_dynamics
+from scoreda.io import config_hash, read_dataset_file, write_dataset_file
+from scoreda.seeding import generator
+from scoreda.stages.common import load_config, write_json
+
+TRAJ_DIMS = ("trajectory", "time", "level", "y", "x")
+
+
+def _trajectory_key(cfg) -> str:
+    p = cfg.pretrain
+    keys = (p.trajectories, p.length, p.decorrelate_cycles)
+    model = OmegaConf.to_container(cfg.model, resolve=True)
+    return config_hash({"seed": cfg.seed, "model": model, "pretrain": list(keys)})
+
+
+def trajectory(out_dir: str | Path) -> str:
+    """Make (or reuse) ``DIR/trajectory.h5``: [B, T, C, H, W] states one cycle apart."""
+    out_dir = Path(out_dir)
+    cfg = load_config(out_dir)
+    path, key = out_dir / "trajectory.h5", _trajectory_key(cfg)
+    try:
+        read_dataset_file(path, expect_attrs={"key": key})
+        return str(path)
+    except (ValueError, OSError):
+        pass
+    p, m = cfg.pretrain, cfg.model
+    model = make_dynamics(m, device=cfg.device)
+    spc = model.steps_per_cycle
+    x = model.initial_state(generator(cfg.seed, 0, "pretrain-spinup"), 1).to(cfg.device)
+    x = model.step(x, m.spinup_cycles * spc)
+    branch = torch.randn((p.trajectories, *x.shape[1:]), generator=generator(cfg.seed, 0, "pretrain-branch"))
+    x = model.step(x + branch.to(x), p.decorrelate_cycles * spc)
+    states = [x.cpu()]
+    for _ in range(p.length - 1):  # a sequence in model time, all trajectories in one batch
+        x = model.step(x, spc)
+        states.append(x.cpu())
+    attrs = {"key": key, "cycle_hours": m.cycle_hours, "model": m.name, "units": m.units}
+    write_dataset_file(path, {"state": (TRAJ_DIMS, torch.stack(states, 1))}, attrs)
+    return str(path)
+
+
+def load_pairs(out_dir: str | Path, held_out: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x_t, x_{t+1}) pairs [N, C, H, W] in model units from the training or the held-out trajectories."""
+    out_dir = Path(out_dir)
+    cfg = load_config(out_dir)
+    data, _ = read_dataset_file(out_dir / "trajectory.h5", expect_attrs={"key": _trajectory_key(cfg)})
+    s = torch.from_numpy(data["state"])
+    n_train = cfg.pretrain.trajectories - cfg.pretrain.held_out
+    s = s[n_train:] if held_out else s[:n_train]
+    return s[:, :-1].reshape(-1, *s.shape[2:]), s[:, 1:].reshape(-1, *s.shape[2:])
+
+
+def roll_x(x: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
+    """Periodic shift of each sample along x: out[b, ..., j] = x[b, ..., (j − shifts[b]) mod W]."""
+    W = x.shape[-1]
+    idx = (torch.arange(W) - shifts[:, None]) % W  # [B, W]
+    return torch.gather(x, -1, idx[:, None, None, :].expand_as(x))
+
+
+def train(out_dir: str | Path) -> dict:
+    """Pre-train on this rank's share of each global batch; rank 0 writes weights.pt and train.json."""
+    from scoreda.surrogate import build_vit
+    from scoreda.surrogate.distributed import discover, init_distributed
+    from scoreda.surrogate.trainer import Trainer
+
+    out_dir = Path(out_dir)
+    cfg = load_config(out_dir)
+    s, p = cfg.surrogate, cfg.pretrain
+    torch.set_num_threads(cfg.platform.threads_per_worker)
+    env = discover()
+    init_distributed(env, cfg.parallel.backend)
+    X, Y = load_pairs(out_dir, held_out=False)
+    mean, std = X.mean(dim=(0, 2, 3)), X.std(dim=(0, 2, 3))
+    X, Y = ((X - mean[:, None, None]) / std[:, None, None]), ((Y - mean[:, None, None]) / std[:, None, None])
+    torch.manual_seed(cfg.seed)
+    trainer = Trainer(lambda: build_vit(s), s, cfg.parallel, env, cfg.device, total_steps=p.steps)
+    per_rank = s.batch_size // env.world_size
+    mine = slice(env.rank * per_rank, (env.rank + 1) * per_rank)
+    losses, t0, stop = [], time.perf_counter(), torch.zeros(1)
+    for step in range(p.steps):
+        g = generator(cfg.seed, step, "pretrain-batch")
+        idx = torch.randint(len(X), (s.batch_size,), generator=g)[mine]
+        x, y = X[idx], Y[idx]
+        if p.roll:
+            shifts = torch.randint(X.shape[-1], (s.batch_size,), generator=g)[mine]
+            x, y = roll_x(x, shifts), roll_x(y, shifts)
+        losses.append(trainer.step(x.to(cfg.device), y.to(cfg.device)))
+        if env.rank == 0 and (step % 100 == 0 or step == p.steps - 1):
+            print(f"step {step:5d}  loss {losses[-1]:.4f}  {time.perf_counter() - t0:7.1f} s", flush=True)
+        stop[0] = float(time.perf_counter() - t0 > 60 * p.max_minutes)
+        torch.distributed.broadcast(stop, 0)  # every rank stops at the same step
+        if stop[0]:
+            break
+    seconds = time.perf_counter() - t0
+    meta = {"steps": len(losses), "seconds": seconds, "final_loss": losses[-1], "parallel": cfg.parallel.name}
+    trainer.save_weights(out_dir / "weights.pt", s, mean, std, meta)
+    summary = meta | {"ranks": env.world_size, "losses": losses, "samples": len(X)}
+    if env.rank == 0:
+        write_json(out_dir / "train.json", summary)
+    torch.distributed.destroy_process_group()
+    return summary
+
+
+def _rmse(pred: torch.Tensor, truth: torch.Tensor) -> float:
+    """Mean over pairs of sqrt(mean over C·H·W of (pred − truth)²)."""
+    return float((pred - truth).square().mean(dim=(1, 2, 3)).sqrt().mean())
+
+
+def evaluate(out_dir: str | Path) -> dict:
+    """Held-out 12-hour forecast RMSE of the surrogate, persistence and the SQG model → report.json."""
+    from scoreda.surrogate import ViTDynamics
+
+    out_dir = Path(out_dir)
+    cfg = load_config(out_dir)
+    torch.set_num_threads(cfg.platform.threads_per_worker)
+    X, Y = load_pairs(out_dir, held_out=True)
+    vit = ViTDynamics.from_weights(out_dir / "weights.pt", cfg.model.cycle_hours * 3600, device=cfg.device)
+    sqg = make_dynamics(cfg.model, device=cfg.device)
+    noise = cfg.pretrain.eval_noise * torch.randn(X.shape, generator=generator(cfg.seed, 0, "pretrain-eval"))
+    report: dict = {"pairs": len(X), "eval_noise": cfg.pretrain.eval_noise, "units": cfg.model.units}
+    for start, x0 in (("exact", X), ("noisy", X + noise)):
+        t = time.perf_counter()
+        f_vit = vit.step(x0.to(cfg.device)).cpu()
+        t_vit = time.perf_counter() - t
+        t = time.perf_counter()
+        f_sqg = sqg.step(x0.to(cfg.device), sqg.steps_per_cycle).cpu()
+        t_sqg = time.perf_counter() - t
+        report[start] = {
+            "rmse_vit": _rmse(f_vit, Y),
+            "rmse_persistence": _rmse(x0, Y),
+            "rmse_sqg": _rmse(f_sqg, Y),
+            "ms_per_forecast_vit": 1e3 * t_vit / len(X),
+            "ms_per_forecast_sqg": 1e3 * t_sqg / len(X),
+        }
+    e = report["exact"]
+    report["ratio_vit_persistence"] = e["rmse_vit"] / e["rmse_persistence"]
+    report["target_met"] = report["ratio_vit_persistence"] <= 0.5
+    train_json = out_dir / "train.json"
+    if train_json.is_file():
+        t = json.loads(train_json.read_text())
+        keys = ("steps", "seconds", "final_loss", "ranks", "parallel", "samples")
+        report["train"] = {k: t[k] for k in keys}
+    write_json(out_dir / "report.json", report)
+    return report
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description="Offline pre-training of the ViT surrogate, one step.")
+    ap.add_argument("step", choices=("trajectory", "train", "evaluate"))
+    ap.add_argument("--out-dir", required=True, help="directory holding config.yaml")
+    args = ap.parse_args()
+    out = {"trajectory": trajectory, "train": train, "evaluate": evaluate}[args.step](args.out_dir)
+    if isinstance(out, dict):
+        print(json.dumps({k: v for k, v in out.items() if k != "losses"}))

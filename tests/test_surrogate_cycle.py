@@ -1,0 +1,168 @@
+"""The ViT surrogate in the workflows: offline pre-training (Parsl + torchrun, 2 ranks) and the cycle
+with forecaster=vit, online fine-tuning with lag 0 and lag 1, weights per cycle, resume."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from scoreda.config import validate
+from scoreda.stages.common import Run, write_config
+from scoreda.stages.train import forecast_weights, weights_path
+from scoreda.surrogate import build_vit, load_weights, save_weights
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_VIT = (
+    "surrogate.img_size=16",
+    "surrogate.embed_dim=32",
+    "surrogate.depth=2",
+    "surrogate.heads=2",
+    "surrogate.batch_size=4",
+)
+TINY = (
+    "model.N=16",
+    "members=4",
+    "burn_in=0",
+    "model.spinup_cycles=4",
+    "model.member_spacing_cycles=1",
+    "filter.n_steps=10",
+    "progress=false",
+    *TINY_VIT,
+)
+
+
+def env():
+    return {**os.environ, "WANDB_MODE": "offline", "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
+
+
+def run(cmd, timeout=600):
+    out = subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=timeout)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    """A tiny pre-training through the real workflow: 2 ranks under torchrun, DeepSpeed ZeRO-2."""
+    out_dir = tmp_path_factory.mktemp("pretrain")
+    cmd = [
+        sys.executable,
+        str(ROOT / "workflows" / "pretrain.py"),
+        *TINY,
+        f"pretrain.out_dir={out_dir}",
+        "pretrain.trajectories=3",
+        "pretrain.held_out=1",
+        "pretrain.length=6",
+        "pretrain.decorrelate_cycles=1",
+        "pretrain.steps=6",
+        "parallel=zero2",
+        "parallel.ranks=2",
+    ]
+    return out_dir, run(cmd).stdout
+
+
+@pytest.mark.slow
+def test_pretrain_workflow_writes_weights_and_report(pretrained):
+    out_dir, stdout = pretrained
+    assert "held-out 12-hour forecasts" in stdout and "ViT / persistence" in stdout
+    model, mean, std, meta = load_weights(out_dir / "weights.pt")
+    assert meta["steps"] == 6 and meta["parallel"] == "zero2"
+    assert mean.shape == std.shape == (2,) and (std > 0).all()
+    train = json.loads((out_dir / "train.json").read_text())
+    assert train["ranks"] == 2 and len(train["losses"]) == 6 and train["samples"] == 2 * 5
+    report = json.loads((out_dir / "report.json").read_text())
+    assert report["pairs"] == 5  # one held-out trajectory of 6 states
+    for start in ("exact", "noisy"):
+        r = report[start]
+        assert r["rmse_persistence"] > 0 and r["rmse_vit"] > 0
+    assert report["exact"]["rmse_sqg"] < 1e-4  # the SQG model reproduces its own nature run
+    assert report["noisy"]["rmse_sqg"] > 0.5  # from a perturbed start it does not
+
+
+def _weights(tmp_path) -> Path:
+    """Random tiny weights in the pre-training format (the cycle only needs a valid file)."""
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = validate(compose("config", overrides=list(TINY)))
+    torch.manual_seed(0)
+    path = tmp_path / "w.pt"
+    save_weights(path, build_vit(cfg.surrogate), cfg.surrogate, torch.zeros(2), torch.full((2,), 5.0))
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("lag", [0, 1])
+def test_cycle_with_online_fine_tuning(tmp_path, lag):
+    w = _weights(tmp_path)
+    run_dir = tmp_path / "run"
+    cmd = [
+        sys.executable,
+        str(ROOT / "workflows" / "cycle.py"),
+        *TINY,
+        "cycles=3",
+        f"run_dir={run_dir}",
+        "forecaster=vit",
+        f"surrogate.checkpoint={w}",
+        "surrogate.online=true",
+        f"surrogate.lag={lag}",
+        "surrogate.finetune_steps=3",
+        "surrogate.replay=2",
+    ]
+    run(cmd)
+    r = Run(run_dir)
+    for k in (1, 2, 3):
+        _, _, _, meta = load_weights(weights_path(r, k))
+        assert meta["cycle"] == k and len(meta["losses"]) == 3
+        assert meta["base"] == str(weights_path(r, k - 1) if k > 1 else w)
+        assert meta["pairs"] == 4 * min(k, 2)  # members × cycles in the replay window
+    # lag 0: forecast(k) uses the weights of cycle k−1; lag 1: of cycle k−2 (the checkpoint before)
+    assert forecast_weights(r, 2) == (weights_path(r, 1) if lag == 0 else w)
+    assert forecast_weights(r, 3) == weights_path(r, 2 - lag)
+    w1 = load_weights(weights_path(r, 1))[0].state_dict()
+    w0 = load_weights(w)[0].state_dict()
+    assert any(not torch.equal(w0[k], w1[k]) for k in w0)  # fine-tuning changed the weights
+    first = (run_dir / "metrics.csv").read_text()
+    # resume: remove the last cycle's weights and forecast onwards; the same command recomputes them equal
+    before = {k: v.clone() for k, v in load_weights(weights_path(r, 3))[0].state_dict().items()}
+    weights_path(r, 3).unlink()
+    for name in ("analysis.h5", "scores.json"):
+        (run_dir / "cycles" / "000003" / name).unlink()
+    run(cmd)
+    after = load_weights(weights_path(r, 3))[0].state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert (run_dir / "metrics.csv").read_text() == first
+
+
+def test_forecaster_vit_without_weights_is_one_line(tmp_path):
+    cmd = [
+        sys.executable,
+        str(ROOT / "workflows" / "cycle.py"),
+        *TINY,
+        f"run_dir={tmp_path / 'run'}",
+        "forecaster=vit",
+        f"surrogate.checkpoint={tmp_path / 'missing.pt'}",
+    ]
+    out = subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [
+        f"config error: surrogate.checkpoint: no such file {str(tmp_path / 'missing.pt')!r}"
+        " (python workflows/pretrain.py writes it)"
+    ]
+    assert not (tmp_path / "run").exists()
+
+
+def test_surrogate_size_must_match_the_model(tmp_path):
+    w = _weights(tmp_path)
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        vit = ["forecaster=vit", f"surrogate.checkpoint={w}"]
+        cfg = compose("config", overrides=[*TINY, "model.N=32", *vit])
+    with pytest.raises(ValueError, match=r"^surrogate.img_size: the surrogate maps 2×16² states"):
+        validate(cfg)
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        ok = validate(compose("config", overrides=[*TINY, "forecaster=vit", f"surrogate.checkpoint={w}"]))
+    write_config(tmp_path / "r", ok)  # the science hash covers the surrogate when it forecasts
+    assert (tmp_path / "r" / "config.yaml").is_file()
