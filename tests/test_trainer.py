@@ -263,6 +263,7 @@ SRUN = {
 def test_srun_variables():
     env = discover(SRUN)
     assert env == DistEnv(13, 16, 5, 8, "frontier00012", 15000 + 123456 % 20000, "srun")
+    assert discover({**SRUN, "SLURM_STEP_ID": "1"}).master_port != env.master_port  # steps side by side
     e2 = discover({**SRUN, "MASTER_PORT": "4242"})
     assert (e2.master_addr, e2.master_port) == ("frontier00012", 4242)
     no_step_list = {k: v for k, v in SRUN.items() if k != "SLURM_STEP_NODELIST"}
@@ -275,6 +276,8 @@ def test_batch_script_shell_is_not_srun():
     """sbatch's own shell has SLURM_PROCID=0 and the allocation's SLURM_NTASKS, but no job step."""
     batch = {"SLURM_JOB_ID": "7", "SLURM_PROCID": "0", "SLURM_NTASKS": "64", "SLURM_NODELIST": "n[1-8]"}
     assert detect_launcher(batch) == "single"
+    assert detect_launcher(batch | {"SLURM_STEP_ID": str(0xFFFFFFFE)}) == "single"  # the batch step's id
+    assert detect_launcher(batch | {"SLURM_STEP_ID": "3"}) == "srun"
     env = discover(batch)
     assert (env.rank, env.world_size, env.master_addr, env.launcher) == (0, 1, "127.0.0.1", "single")
 

@@ -9,7 +9,8 @@
 - Slurm ``srun`` (a job step: SLURM_STEP_ID or SLURM_STEP_NUM_TASKS present, so a batch script's own
   shell, which has SLURM_PROCID=0 and the allocation's SLURM_NTASKS, is not mistaken for rank 0 of many):
   SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID, tasks per node, master = first host of the step's node list
-  (the compact hostlist syntax expanded here, no ``scontrol``), port from MASTER_PORT or SLURM_JOB_ID.
+  (the compact hostlist syntax expanded here, no ``scontrol``), port from MASTER_PORT, else from
+  SLURM_JOB_ID and SLURM_STEP_ID.
 - ``mpiexec``: MPICH (PMI_RANK, PMI_SIZE) or Open MPI (OMPI_COMM_WORLD_RANK, _SIZE, _LOCAL_RANK). Unless
   MASTER_ADDR and MASTER_PORT are already set, the ranks meet through mpi4py: hostnames are all-gathered,
   rank 0 picks a free port and broadcasts it with its address (127.0.0.1 when all ranks share a host).
@@ -155,7 +156,7 @@ def _from_torch_vars(environ: Mapping[str, str]) -> DistEnv:
 
 
 def _from_slurm(environ: Mapping[str, str]) -> DistEnv:
-    world = _int(environ, "SLURM_NTASKS", "SLURM_STEP_NUM_TASKS", "SLURM_NPROCS")
+    world = _int(environ, "SLURM_STEP_NUM_TASKS", "SLURM_NTASKS", "SLURM_NPROCS")
     node_id = _int(environ, "SLURM_NODEID", default=0)
     specs = ("SLURM_STEP_TASKS_PER_NODE", "SLURM_TASKS_PER_NODE", "SLURM_NTASKS_PER_NODE")
     per_node_spec = next((environ[k] for k in specs if environ.get(k)), None)
@@ -175,7 +176,9 @@ def _from_slurm(environ: Mapping[str, str]) -> DistEnv:
     if environ.get("MASTER_PORT"):
         port = int(environ["MASTER_PORT"])
     elif environ.get("SLURM_JOB_ID") or environ.get("SLURM_JOBID"):
-        port = 15000 + _int(environ, "SLURM_JOB_ID", "SLURM_JOBID") % 20000  # same on every rank
+        # the same on every rank of the step; steps of one job running side by side get different ports
+        job, step = _int(environ, "SLURM_JOB_ID", "SLURM_JOBID"), _int(environ, "SLURM_STEP_ID", default=0)
+        port = 15000 + (job + 7919 * step) % 20000
     else:
         port = 29500
     return DistEnv(
@@ -236,11 +239,20 @@ def _from_mpi(environ: Mapping[str, str]) -> DistEnv:
     )
 
 
+def _slurm_job_step(environ: Mapping[str, str]) -> bool:
+    """Inside a step started by srun (not a batch script's or the extern step's shell, whose step ids are
+    Slurm's special values ≥ 0xFFFFFFF0)."""
+    step = environ.get("SLURM_STEP_ID", environ.get("SLURM_STEPID", ""))
+    if step.isdigit() and int(step) >= 0xFFFFFFF0:
+        return False
+    return bool(step) or "SLURM_STEP_NUM_TASKS" in environ
+
+
 def detect_launcher(environ: Mapping[str, str] = os.environ) -> str:
     """Which launcher's variables are present: torchrun | deepspeed | env | srun | mpiexec | single."""
     if "RANK" in environ and "WORLD_SIZE" in environ:
         return _torch_launcher(environ)
-    if "SLURM_PROCID" in environ and ("SLURM_STEP_ID" in environ or "SLURM_STEP_NUM_TASKS" in environ):
+    if "SLURM_PROCID" in environ and _slurm_job_step(environ):
         return "srun"
     if "OMPI_COMM_WORLD_RANK" in environ or "PMI_RANK" in environ:
         return "mpiexec"
