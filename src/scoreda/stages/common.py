@@ -141,6 +141,7 @@ def main(stage: Callable[..., object], description: str) -> None:
     ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--run-dir", required=True, help="run directory holding config.yaml")
     ap.add_argument("--cycle", type=int, required=True, help="cycle number (0 = initialisation)")
+    ap.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)  # deepspeed launcher
     args = ap.parse_args()
     out = stage(args.run_dir, args.cycle)
     if out is not None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -95,14 +96,16 @@ def train(out_dir: str | Path) -> dict:
     out_dir = Path(out_dir)
     cfg = load_config(out_dir)
     s, p = cfg.surrogate, cfg.pretrain
-    torch.set_num_threads(cfg.platform.threads_per_worker)
     env = discover()
+    # a launched training job owns its host: the cores shared among the ranks on it
+    torch.set_num_threads(max(cfg.platform.threads_per_worker, (os.cpu_count() or 1) // env.local_world_size))
     init_distributed(env, cfg.parallel.backend)
     X, Y = load_pairs(out_dir, held_out=False)
     mean, std = X.mean(dim=(0, 2, 3)), X.std(dim=(0, 2, 3))
     X, Y = ((X - mean[:, None, None]) / std[:, None, None]), ((Y - mean[:, None, None]) / std[:, None, None])
-    torch.manual_seed(cfg.seed)
-    trainer = Trainer(lambda: build_vit(s), s, cfg.parallel, env, cfg.device, total_steps=p.steps)
+    trainer = Trainer(
+        lambda: build_vit(s), s, cfg.parallel, env, cfg.device, total_steps=p.steps, seed=cfg.seed
+    )
     per_rank = s.batch_size // env.world_size
     mine = slice(env.rank * per_rank, (env.rank + 1) * per_rank)
     losses, t0, stop = [], time.perf_counter(), torch.zeros(1)
@@ -177,6 +180,7 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description="Offline pre-training of the ViT surrogate, one step.")
     ap.add_argument("step", choices=("trajectory", "train", "evaluate"))
     ap.add_argument("--out-dir", required=True, help="directory holding config.yaml")
+    ap.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)  # deepspeed launcher
     args = ap.parse_args()
     out = {"trajectory": trajectory, "train": train, "evaluate": evaluate}[args.step](args.out_dir)
     if isinstance(out, dict):

@@ -73,9 +73,14 @@ def train(run_dir, cycle: int) -> str:
     Y = torch.cat([run.read(j, "analysis") for j in window])
     X, Y = (X - mean[:, None, None]) / std[:, None, None], (Y - mean[:, None, None]) / std[:, None, None]
     ft = OmegaConf.merge(s, {"lr": s.finetune_lr, "min_lr": s.finetune_lr, "warmup_steps": 0})
-    torch.manual_seed(stream_seed(cfg.seed, cycle, "train"))
     trainer = Trainer(
-        lambda: load_weights(base)[0].train(), ft, cfg.parallel, env, cfg.device, total_steps=s.finetune_steps
+        lambda: load_weights(base)[0].train(),
+        ft,
+        cfg.parallel,
+        env,
+        cfg.device,
+        total_steps=s.finetune_steps,
+        seed=stream_seed(cfg.seed, cycle, "train"),  # dropout and drop-path streams of this cycle
     )
     per_rank = s.batch_size // env.world_size
     mine = slice(env.rank * per_rank, (env.rank + 1) * per_rank)
