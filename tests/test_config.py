@@ -62,6 +62,7 @@ def test_default_config_validates():
         (["model.dt=1000"], "model.dt:"),
         (["filter.rtps=1.5"], "filter.rtps:"),
         (["filter.unobserved=nearest"], "filter.unobserved:"),
+        (["filter.rtps_unobserved=2"], "filter.rtps_unobserved:"),
         (["observation.sigma=0"], "observation.sigma:"),
         (["filter.ranks=50"], "filter.ranks:"),
         (["+bogus=1"], "bogus:"),

@@ -76,6 +76,7 @@ class Filter:
     t_end: float = 0.0
     implicit: bool = True
     unobserved: str = "regress"  # none | regress (localised regression from the observed; uses cutoff)
+    rtps_unobserved: float = 0.5  # RTPS of the regressed (unobserved) components
     # LETKF
     cutoff: float = 2000.0  # distance where the Gaspari–Cohn taper reaches zero (km; index units for L96)
     cross_level: float = 1.0
@@ -328,6 +329,11 @@ def _check_values(c: DictConfig) -> None:
         f.unobserved in ("none", "regress"),
         "filter.unobserved",
         f"expected none or regress, got {f.unobserved!r}",
+    )
+    _check(
+        0 <= f.rtps_unobserved <= 1,
+        "filter.rtps_unobserved",
+        f"must be in [0, 1], got {f.rtps_unobserved}",
     )
     _check(f.cutoff > 0, "filter.cutoff", f"must be positive (.inf: global ETKF), got {f.cutoff}")
     _check(f.cross_level >= 0, "filter.cross_level", f"must be ≥ 0, got {f.cross_level}")
