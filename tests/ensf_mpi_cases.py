@@ -16,10 +16,12 @@ import numpy as np
 import torch
 
 from scoreda.filters.ensf import EnSF
+from scoreda.filters.letkf import LETKF
 from scoreda.observations import make_observation_operator
 
 # name: (EnSF settings, problem settings). M = 20 splits unevenly on 3 ranks (7, 7, 6); the state
 # (1000 values, or 2×16×16) splits unevenly too; partial observations leave some slices with few.
+GRID = LETKF(cutoff=6.0, dx=1.0, domain=(16.0, 16.0))  # the localiser of unobserved=regress on 16×16
 CASES = {
     "members-paired-linear": (
         dict(shard="members", prior_score="paired", rtps=0.5, inflation=1.1),
@@ -41,6 +43,24 @@ CASES = {
         dict(shard="state", prior_score="mixture", rtps=1.0),
         dict(
             obs={"kind": "stations", "n_stations": 40, "sigma": 0.2, "transform": "arctan"}, shape=(2, 16, 16)
+        ),
+    ),
+    "state-paired-regress": (  # unobserved=regress needs the whole state: rank 0 after the gather
+        dict(
+            shard="state", prior_score="paired", adaptive_inflation=True, unobserved="regress", localiser=GRID
+        ),
+        dict(obs={"kind": "subsample", "every": 4, "sigma": 0.5}, shape=(2, 16, 16)),
+    ),
+    "members-mixture-regress": (
+        dict(
+            shard="members",
+            prior_score="mixture",
+            adaptive_inflation=True,
+            unobserved="regress",
+            localiser=GRID,
+        ),
+        dict(
+            obs={"kind": "stations", "n_stations": 30, "sigma": 0.2, "transform": "arctan"}, shape=(2, 16, 16)
         ),
     ),
 }

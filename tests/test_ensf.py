@@ -245,3 +245,122 @@ def test_innovation_inflation_recovers_a_missing_error_variance():
     assert lam == pytest.approx(3.0, rel=0.05)  # E‖d‖²/p = 9 + var(mean) + σo² ≈ λ²·1 + σo²
     calibrated = truth + torch.randn(M, d, generator=g, dtype=torch.float64)
     assert innovation_inflation(calibrated, y, op) < 1.1  # never deflates, ≈ 1 when consistent
+
+
+def test_adaptive_inflation_reaches_only_the_observed_components():
+    """λ from the innovations multiplies the observed anomalies; unobserved ones stay; with every
+    component observed it is the plain inflation (the same bits)."""
+    from scoreda.filters import inflate_prior, innovation_inflation
+
+    g = torch.Generator().manual_seed(5)
+    prior = torch.randn(20, 64, generator=g)
+    truth = 3.0 * torch.randn(64, generator=g)  # far off the ensemble: λ ≈ 3
+    part = make_observation_operator({"kind": "subsample", "every": 2, "sigma": 1.0}, (1, 8, 8))
+    lam = innovation_inflation(prior, part(truth), part)
+    assert lam > 2.0
+    got = inflate_prior(prior, part(truth), part, 1.0, True, observed_only=True)
+    seen = torch.zeros(64, dtype=torch.bool)
+    seen[part.indices] = True
+    assert torch.equal(got[:, ~seen], prior[:, ~seen])
+    assert torch.allclose(got[:, seen].std(0), lam * prior[:, seen].std(0), rtol=1e-5)
+    assert torch.allclose(got.mean(0), prior.mean(0), atol=1e-6)
+    full = make_observation_operator({"kind": "identity", "sigma": 1.0}, (1, 8, 8))
+    lam = innovation_inflation(prior, full(truth), full)
+    assert torch.equal(
+        inflate_prior(prior, full(truth), full, 1.0, True, observed_only=True), inflate(prior, lam)
+    )
+
+
+def _letkf_grid(cutoff: float, n: int = 16):
+    from scoreda.filters.letkf import LETKF
+
+    return LETKF(cutoff=cutoff, dx=1.0, domain=(float(n), float(n)))
+
+
+def test_regression_is_the_ridge_regression_of_the_observed_increments():
+    """Global (cutoff ∞): Δx = C_xo (C_oo + R)⁻¹ δ from the ensemble covariances; with a cutoff, a
+    point farther than it from every observation is not moved."""
+    g = torch.Generator().manual_seed(0)
+    M, d = 10, 2 * 16 * 16
+    xb = torch.randn(M, d, generator=g, dtype=torch.float64)
+    xb -= xb.mean(0)
+    obs = torch.arange(0, d, 7)
+    inc = torch.randn(M, len(obs), generator=g, dtype=torch.float64)
+    sig = 0.7
+    prec = torch.full((len(obs),), sig**-2, dtype=torch.float64)
+    got = _letkf_grid(math.inf).regress(xb, obs, inc, prec)
+    c = xb.T @ xb / (M - 1)
+    ref = c[:, obs] @ torch.linalg.solve(c[obs][:, obs] + sig**2 * torch.eye(len(obs), dtype=c.dtype), inc.T)
+    assert torch.allclose(got, ref.T, atol=1e-10)
+    # local: observations only in the 4×4 corner of a 16×16 grid, cutoff 3 grid steps
+    corner = torch.tensor([i * 16 + j for i in range(4) for j in range(4)])
+    got = _letkf_grid(3.0).regress(xb, corner, inc[:, : len(corner)], prec[: len(corner)])
+    far = torch.tensor([10 * 16 + 10, 16 * 16 + 8 * 16 + 9])  # (10, 10) on level 0, (8, 9) on level 1
+    assert got[:, far].abs().max() < 1e-12  # zero up to the FFT's rounding
+    assert got[:, corner].abs().max() > 0.1
+
+
+def smooth_ensemble(M: int = 20, n: int = 16, length: float = 2.5, seed: int = 0):
+    """Members and a truth drawn from one spatially correlated Gaussian field on a periodic n×n grid
+    (white noise smoothed by a Gaussian kernel of ``length`` grid steps, unit variance), 2 levels."""
+    g = torch.Generator().manual_seed(seed)
+    k = torch.fft.fftfreq(n) * n
+    kern = torch.exp(-0.5 * (2 * math.pi * length / n) ** 2 * (k[:, None] ** 2 + k[None, :] ** 2))
+    white = torch.randn(M + 1, 2, n, n, generator=g, dtype=torch.float64)
+    field = torch.fft.ifft2(torch.fft.fft2(white) * kern).real
+    field = (field / field.std()).float().reshape(M + 1, -1)
+    return field[:M] + 1.0, field[M] + 1.0
+
+
+def test_unobserved_points_learn_from_the_observed_ones():
+    """Every 4th point observed on a correlated field: ``regress`` moves the unobserved points
+    toward the truth (error × 0.7 or less), ``none`` leaves them at the prior's error; both analyse
+    the observed points alike; ``rtps_unobserved`` gives back part of the spread the regression took."""
+    prior, truth = smooth_ensemble()
+    op = make_observation_operator({"kind": "subsample", "every": 4, "sigma": 0.3}, (2, 16, 16))
+    y = op.sample(truth, torch.Generator().manual_seed(1))
+    seen = torch.zeros(prior.shape[1], dtype=torch.bool)
+    seen[op.indices] = True
+    runs = {}
+    for mode in ("none", "regress"):
+        ensf = EnSF(unobserved=mode, localiser=_letkf_grid(12.0), adaptive_inflation=True)
+        runs[mode] = ensf.analyse(prior, y, op, torch.Generator().manual_seed(2))
+    err0 = rms(prior.mean(0)[~seen] - truth[~seen])
+    assert err0 > 0.8
+    assert rms(runs["none"].mean(0)[~seen] - truth[~seen]) > 0.9 * err0
+    assert rms(runs["regress"].mean(0)[~seen] - truth[~seen]) < 0.7 * err0
+    assert torch.equal(runs["none"][:, seen], runs["regress"][:, seen])
+    # the regression alone takes the spread to 0.26 of the prior's; rtps_unobserved = 0.5 halfway back
+    sharp = EnSF(
+        unobserved="regress", rtps_unobserved=0.0, localiser=_letkf_grid(12.0), adaptive_inflation=True
+    )
+    sharp = sharp.analyse(prior, y, op, torch.Generator().manual_seed(2))
+    assert torch.allclose(sharp.mean(0), runs["regress"].mean(0), atol=1e-5)
+    s0, s_half, s_prior = (float(x.std(0)[~seen].mean()) for x in (sharp, runs["regress"], prior))
+    assert s0 < 0.35 * s_prior
+    assert s_half == pytest.approx(0.5 * (s0 + s_prior), rel=0.1)
+
+
+@pytest.mark.parametrize("prior_score", ["paired", "mixture"])
+def test_regress_is_a_no_op_when_everything_is_observed(prior_score):
+    prior, truth = smooth_ensemble()
+    op = make_observation_operator({"kind": "identity", "sigma": 0.5}, (2, 16, 16))
+    y = op.sample(truth, torch.Generator().manual_seed(1))
+    out = [
+        EnSF(
+            n_steps=20, prior_score=prior_score, unobserved=mode, localiser=loc, adaptive_inflation=True
+        ).analyse(prior, y, op, torch.Generator().manual_seed(2))
+        for mode, loc in (("none", None), ("regress", _letkf_grid(6.0)))
+    ]
+    assert torch.equal(out[0], out[1])
+
+
+def test_regress_without_a_grid_is_a_clear_error():
+    prior, truth = smooth_ensemble()
+    op = make_observation_operator({"kind": "subsample", "every": 2, "sigma": 0.5}, (2, 16, 16))
+    with pytest.raises(ValueError, match="filter.unobserved=regress"):
+        EnSF(n_steps=2, unobserved="regress").analyse(prior, op(truth), op)
+    with pytest.raises(ValueError, match="filter.unobserved"):
+        EnSF(unobserved="kriging")
+    with pytest.raises(ValueError, match="filter.rtps_unobserved"):
+        EnSF(rtps_unobserved=1.5)

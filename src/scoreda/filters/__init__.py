@@ -62,22 +62,46 @@ def innovation_inflation(prior: torch.Tensor, y: torch.Tensor, operator: Observa
     return max(1.0, float((d.square().mean() - operator.sigma**2) / v)) ** 0.5
 
 
+def observed_mask(operator: ObservationOperator, d: int) -> torch.Tensor | None:
+    """Boolean [d]: the state components that ``operator`` observes; None when it observes all."""
+    mask = torch.zeros(d, dtype=torch.bool, device=operator.indices.device)
+    mask[operator.indices] = True
+    return None if bool(mask.all()) else mask
+
+
 def inflate_prior(
-    prior: torch.Tensor, y: torch.Tensor, operator: ObservationOperator, factor: float, adaptive: bool
+    prior: torch.Tensor,
+    y: torch.Tensor,
+    operator: ObservationOperator,
+    factor: float,
+    adaptive: bool,
+    observed_only: bool = False,
 ) -> torch.Tensor:
     """The forecast ensemble as a filter analyses it: anomalies × ``factor`` (``filter.inflation``),
-    then × ``innovation_inflation`` when ``adaptive`` (``filter.adaptive_inflation``)."""
+    then × λ = ``innovation_inflation`` when ``adaptive`` (``filter.adaptive_inflation``).
+
+    ``observed_only``: λ multiplies only the anomalies of the observed components, the only ones
+    whose error the innovations constrain (x_i ← x̄_i + λ (x_i − x̄_i) for i observed, unchanged
+    otherwise); with every component observed this is the same operation as without it."""
     prior = inflate(prior, factor)
-    return inflate(prior, innovation_inflation(prior, y, operator)) if adaptive else prior
+    if not adaptive:
+        return prior
+    lam = innovation_inflation(prior, y, operator)
+    mask = observed_mask(operator, prior.shape[-1]) if observed_only and lam != 1.0 else None
+    if mask is None:
+        return inflate(prior, lam)
+    mask = mask.to(prior.device)
+    return torch.where(mask, inflate(prior, lam), prior)
 
 
 def make_filter(filter_cfg, model_cfg=None) -> Filter:
-    """The filter of ``filter_cfg``; ``model_cfg`` gives the grid geometry that the LETKF localises on."""
+    """The filter of ``filter_cfg``; ``model_cfg`` gives the grid geometry that the LETKF (and the
+    EnSF's ``unobserved=regress``) localises on."""
     name = filter_cfg["name"]
     if name == "ensf":
         from scoreda.filters.ensf import EnSF
 
-        return EnSF.from_config(filter_cfg)
+        return EnSF.from_config(filter_cfg, model_cfg)
     if name == "letkf":
         from scoreda.filters.letkf import LETKF
 

@@ -42,15 +42,19 @@ accumulated in float64, so any R gives the one-rank result to rounding. Rank 0 g
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 
-from scoreda.filters import inflate_prior, relax_spread
+from scoreda.filters import inflate_prior, observed_mask, relax_spread
 from scoreda.observations import ObservationOperator, PointObservation
 from scoreda.seeding import CounterNormal, noise_key
 
+if TYPE_CHECKING:
+    from scoreda.filters.letkf import LETKF
+
 SHARDS = ("members", "state")
+UNOBSERVED = ("none", "regress")
 
 
 class Collective(Protocol):
@@ -103,6 +107,9 @@ class EnSF:
     adaptive_inflation: bool = False  # × innovation_inflation(prior, y) (≥ 1) before the analysis
     implicit: bool = True
     shard: str = "members"  # how ranks split the work: "members" | "state"
+    unobserved: str = "none"  # unobserved components: "none" (as integrated) | "regress" (from observed)
+    rtps_unobserved: float = 0.5  # RTPS of the regressed components (unobserved=regress)
+    localiser: LETKF | None = None  # grid, GC cutoff and cross_level of "regress" (``from_config`` builds it)
     chunk_elements: int = 1 << 17  # m × columns of one block of the integration (not a config key)
 
     def __post_init__(self) -> None:
@@ -118,10 +125,22 @@ class EnSF:
             raise ValueError(f"filter.t_end: must be in [0, 1), got {self.t_end}")
         if self.shard not in SHARDS:
             raise ValueError(f"filter.shard: expected members or state, got {self.shard!r}")
+        if self.unobserved not in UNOBSERVED:
+            raise ValueError(f"filter.unobserved: expected none or regress, got {self.unobserved!r}")
+        if not 0 <= self.rtps_unobserved <= 1:
+            raise ValueError(f"filter.rtps_unobserved: must be in [0, 1], got {self.rtps_unobserved}")
 
     @classmethod
-    def from_config(cls, cfg) -> EnSF:
-        return cls(**{f.name: cfg[f.name] for f in fields(cls) if f.name in cfg})
+    def from_config(cls, cfg, model_cfg=None) -> EnSF:
+        """Keys of ``cfg``; with ``unobserved=regress`` and ``model_cfg`` the localiser is the LETKF's
+        geometry with ``cfg.cutoff`` and ``cfg.cross_level``."""
+        kw = {f.name: cfg[f.name] for f in fields(cls) if f.name in cfg and f.name != "localiser"}
+        if kw.get("unobserved") == "regress" and model_cfg is not None:
+            from scoreda.filters.letkf import LETKF
+
+            loc = {k: cfg[k] for k in ("cutoff", "cross_level") if k in cfg}
+            kw["localiser"] = LETKF.from_config(loc, model_cfg)
+        return cls(**kw)
 
     # schedules --------------------------------------------------------------
     def alpha(self, t: float) -> float:
@@ -190,7 +209,12 @@ class EnSF:
         device = prior.device if device is None else torch.device(device)
 
         # global, from the full prior that every rank holds: no communication
-        prior = inflate_prior(prior, y, operator, self.inflation, self.adaptive_inflation)
+        # λ where the analysis corrects: observed components, and with ``regress`` unobserved ones too
+        regress = self.unobserved == "regress"
+        prior = inflate_prior(
+            prior, y, operator, self.inflation, self.adaptive_inflation, observed_only=not regress
+        )
+        full_operator = operator
         floor = 1e-6 * prior.std().clamp_min(1e-30).item()
         local = prior[:, cols].to(device)  # [M, d'] (d' = d unless shard=state)
         mean = local.mean(0, keepdim=True)
@@ -207,7 +231,39 @@ class EnSF:
             if analysis is None:
                 return None
             analysis = analysis.to(device)
+        if regress:
+            analysis = self.regress_unobserved(analysis, prior.to(device), full_operator)
         return relax_spread(analysis, prior.to(device), self.rtps)
+
+    def regress_unobserved(
+        self, analysis: torch.Tensor, forecast: torch.Tensor, operator: ObservationOperator
+    ) -> torch.Tensor:
+        """``unobserved=regress``: the unobserved components u of the analysis [M, d] replaced by the
+        forecast plus the localised ensemble regression (``LETKF.regress``) of the members' changes at
+        the observed components o,
+
+            x^a_u = x^f_u + C_uo (C_oo + R)⁻¹ (x^a_o − x^f_o)     (GC-localised, ridge R = diag(1/c)),
+
+        then RTPS with ``rtps_unobserved`` toward the forecast spread (σ_u ← ρ σ^f_u + (1 − ρ) σ^a_u: the
+        20-member regression takes out more spread than error),
+
+        with C the covariances of ``forecast`` [M, d] (the ensemble the integration started from,
+        inflated) and c = ``operator.curvature`` at its mean (1/σo² for a linear h). A no-op when every
+        component is observed. Needs the whole state: on rank 0 after the gather."""
+        mask = observed_mask(operator, forecast.shape[1])
+        if mask is None:
+            return analysis
+        if self.localiser is None:
+            raise ValueError(
+                "filter.unobserved=regress: no localiser (EnSF.from_config(filter, model) builds it)"
+            )
+        mask = mask.to(forecast.device)
+        obs = mask.nonzero().squeeze(1)
+        mean = forecast.mean(0, keepdim=True)
+        precision = operator.curvature(mean).reshape(-1)[obs]
+        delta = self.localiser.regress(forecast - mean, obs, analysis[:, obs] - forecast[:, obs], precision)
+        regressed = relax_spread(forecast + delta.to(forecast.dtype), forecast, self.rtps_unobserved)
+        return torch.where(mask, analysis, regressed)
 
     # integration --------------------------------------------------------------
     def _column_blocks(self, m: int, n: int, device: torch.device, operator) -> list[slice]:

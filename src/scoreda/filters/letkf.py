@@ -168,6 +168,74 @@ class LETKF:
             f[n0 : n0 + step] = torch.fft.irfft2(torch.fft.rfft2(f[n0 : n0 + step]) * kernel, s=(H, W))
         return f
 
+    def gridded_sums(self, terms: torch.Tensor, ind: torch.Tensor, d: int) -> torch.Tensor:
+        """Local sums of per-observation terms [n, p] (observation j at flat state index ind[j] of a
+        state of size d): the terms summed onto the grid, levels mixed with λ, convolved with τ.
+        [n, C_a, G]: C_a = 1 level set when ``cross_level == 1`` (or C = 1), else C; G = H·W (1 if
+        the cutoff is infinite)."""
+        C, H, W = self.grid(d)
+        n = len(terms)
+        if C == 1 or self.cross_level == 1.0:  # one level set: sum all levels onto the H·W positions
+            gridded = terms.new_zeros(n, 1, H * W).index_add_(2, ind % (H * W), terms[:, None])
+        else:  # each level its own: mix the levels with λ [C, C]
+            gridded = terms.new_zeros(n, C * H * W).index_add_(1, ind, terms)
+            mix = torch.full((C, C), self.cross_level, dtype=terms.dtype, device=terms.device)
+            gridded = mix.fill_diagonal_(1.0) @ gridded.view(n, C, H * W)
+        return self.local_sums(gridded.view(*gridded.shape[:2], H, W)).flatten(2)
+
+    @staticmethod
+    def member_basis(M: int, dtype: torch.dtype, device) -> torch.Tensor:
+        """Member coordinates in 1⊥ (anomalies sum to zero): U [M, K = M − 1] orthonormal, Uᵀ1 = 0."""
+        return torch.linalg.qr(torch.eye(M, M - 1, dtype=dtype, device=device) - 1.0 / M).Q
+
+    @staticmethod
+    def point_anomalies(x: torch.Tensor, ca: int, G: int) -> torch.Tensor:
+        """Anomalies x [K, d] regrouped by local analysis: [C_a, G, c, K], x[a, g] the c state points
+        that analysis (a, g) updates (the inverse is ``.permute(3, 0, 2, 1).reshape(-1, d)``)."""
+        return x.reshape(x.shape[0], ca, -1, G).permute(1, 3, 2, 0).contiguous()
+
+    @torch.no_grad()
+    def regress(
+        self, xb: torch.Tensor, observed: torch.Tensor, increments: torch.Tensor, precision: torch.Tensor
+    ) -> torch.Tensor:
+        """Localised ensemble regression of the increments at observed components onto every component.
+
+        xb [M, d] forecast anomalies, ``observed`` [p] flat state indices, ``increments`` δ [M, p]
+        (analysis − forecast of each member there), ``precision`` c [p] (1/σo² for linear h; the
+        regression's ridge). With y_j = √c_j Uᵀ xb[:, j] [K] (K = M − 1 coordinates of 1⊥, as in
+        ``analyse``) and per point g the weights w_j = τ λ of observation j,
+
+            A_g = (M − 1) I + Σ_j w_j y_j y_jᵀ,   B_g = A_g⁻¹ Σ_j w_j y_j (√c_j δ_j)ᵀ   [K, M],
+            Δx_g = x_gᵀ B_g   [M]   (x_g = Uᵀ xb[:, g]).
+
+        Without localisation (push-through identity) Δx_g = C_go (C_oo + R)⁻¹ δ, C the ensemble
+        covariances: the linear regression of x_g on the observed x_o, ridge-regularised by R = diag(1/c).
+        Sums by ``gridded_sums``, one batched Cholesky solve per chunk of points. Returns Δx [M, d]."""
+        M, d = xb.shape
+        dt = xb.dtype
+        U = self.member_basis(M, dt, xb.device)
+        root = precision.to(dt).sqrt()
+        yb = (U.T @ xb[:, observed]) * root  # [K, p]
+        dd = increments.to(dt) * root  # [M, p]
+        K = M - 1
+        il = torch.tril_indices(K, K, device=xb.device)
+        terms = torch.cat([yb[il[0]] * yb[il[1]], (yb[:, None, :] * dd[None]).reshape(K * M, -1)])
+        sums = self.gridded_sums(terms, observed, d)  # [L + K·M, C_a, G]
+        ca, G = sums.shape[1:]
+        x = self.point_anomalies(U.T @ xb, ca, G)  # [C_a, G, c, K]
+        out = x.new_empty(*x.shape[:-1], M)  # [C_a, G, c, M]
+        L = len(il[0])
+        step = max(1, self.chunk_elements // (M * (M + x.shape[2])))
+        for a in range(ca):
+            for g0 in range(0, G, step):
+                s = sums[:, a, g0 : g0 + step].T  # [n, L + K·M]
+                A = s.new_zeros(len(s), K, K)
+                A[:, il[0], il[1]] = s[:, :L]
+                A.diagonal(dim1=1, dim2=2).add_(K)
+                B = torch.cholesky_solve(s[:, L:].reshape(-1, K, M), torch.linalg.cholesky(A))
+                out[a, g0 : g0 + step] = x[a, g0 : g0 + step] @ B
+        return out.permute(3, 0, 2, 1).reshape(M, d)
+
     # analysis ---------------------------------------------------------------
     @staticmethod
     def transform(s: torch.Tensor, xb: torch.Tensor, rho: float) -> torch.Tensor:
@@ -204,30 +272,21 @@ class LETKF:
         """Analysis ensemble [M, d] from the forecast ensemble ``prior`` [M, d] and obs ``y`` [p]."""
         prior = inflate_prior(prior, y, operator, self.inflation, self.adaptive_inflation)
         M, d = prior.shape
-        C, H, W = self.grid(d)
+        self.grid(d)  # the state fits the grid
         if operator.indices.numel() == 0:
             return relax_spread(prior.clone(), prior, self.rtps)
         mean = prior.mean(0, keepdim=True)
         xb = prior - mean
         hx = operator(prior)
         ybar = hx.mean(0)
-        # member coordinates in 1⊥ (anomalies sum to zero): U [M, K = M − 1] orthonormal, Uᵀ1 = 0
-        U = torch.linalg.qr(torch.eye(M, M - 1, dtype=hx.dtype, device=hx.device) - 1.0 / M).Q
+        U = self.member_basis(M, hx.dtype, hx.device)  # [M, K]
         sig = float(operator.sigma)
         yb, dy = U.T @ (hx - ybar) / sig, (y.to(hx) - ybar) / sig  # Uᵀ Yb, δ scaled by 1/σo: [K, p], [p]
         il = torch.tril_indices(M - 1, M - 1, device=hx.device)
         terms = torch.cat([yb[il[0]] * yb[il[1]], yb * dy])  # P_j (packed), q_j: [L + K, p]
-        n, ind = len(terms), operator.indices.to(hx.device)
-        if C == 1 or self.cross_level == 1.0:  # one level set: sum all levels onto the H·W positions
-            gridded = terms.new_zeros(n, 1, H * W).index_add_(2, ind % (H * W), terms[:, None])
-        else:  # each level its own: mix the levels with λ [C, C]
-            gridded = terms.new_zeros(n, C * H * W).index_add_(1, ind, terms)
-            mix = torch.full((C, C), self.cross_level, dtype=terms.dtype, device=terms.device)
-            gridded = mix.fill_diagonal_(1.0) @ gridded.view(n, C, H * W)
-        sums = self.local_sums(gridded.view(*gridded.shape[:2], H, W)).flatten(2)  # [L + K, C_a, G]
+        sums = self.gridded_sums(terms, operator.indices.to(hx.device), d)  # [L + K, C_a, G]
         ca, G = sums.shape[1:]  # G = H·W, or 1 for the global ETKF
-        # forecast anomalies of the state points of analysis (a, g): x[a, g] [c, K]
-        x = (U.T @ xb.to(U.dtype)).reshape(M - 1, ca, -1, G).permute(1, 3, 2, 0).contiguous()
+        x = self.point_anomalies(U.T @ xb.to(U.dtype), ca, G)  # [C_a, G, c, K]
         out = x.new_empty(*x.shape[:-1], M)  # [C_a, G, c, K + 1]
         step = max(1, self.chunk_elements // (M * (M + x.shape[2])))
         for a in range(ca):
