@@ -36,6 +36,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) scripts/bench_filters.py
+	$(PY) scripts/bench_vit.py
 
 clean-runs:
 	rm -rf runs/ outputs/ multirun/
