@@ -31,9 +31,8 @@ sys.path.insert(0, str(ROOT / "workflows"))
 # Parsl's interchange and worker pool (and mpiexec) are scripts beside this interpreter.
 os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
 
-from platforms import launch_command, parsl_config, precheck_groups  # noqa: E402
+from platforms import launch_command, parsl_config, precheck_groups, run_validated  # noqa: E402
 
-from scoreda.config import ConfigError, validate  # noqa: E402
 from scoreda.stages.common import write_config  # noqa: E402
 from scoreda.stages.evaluate import summary_lines  # noqa: E402
 from scoreda.tracking import Tracker  # noqa: E402
@@ -170,12 +169,7 @@ def _print_summary(cfg, run_dir, summary):
 
 @hydra.main(config_path="../configs", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    try:
-        cfg = validate(cfg)
-    except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
-        sys.exit(2)
-    run(cfg)
+    run_validated(run, cfg)
 
 
 if __name__ == "__main__":

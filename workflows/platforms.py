@@ -1,15 +1,18 @@
-"""Parsl configurations per platform (``configs/platform/``), and a pre-check of group choices."""
+"""Parsl configurations per platform, launcher commands, and the workflows' entry point."""
 
 from __future__ import annotations
 
 import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from omegaconf import DictConfig
 from parsl.config import Config
 from parsl.executors import HighThroughputExecutor
 from parsl.providers import LocalProvider
+
+from scoreda.config import ConfigError, validate
 
 
 def parsl_config(cfg: DictConfig, run_dir: str) -> Config:
@@ -81,3 +84,14 @@ def precheck_groups(config_dir: Path, overrides: list[str]) -> None:
                 file=sys.stderr,
             )
             sys.exit(2)
+
+
+def run_validated(run: Callable[[DictConfig], object], cfg: DictConfig) -> None:
+    """The body of a workflow's Hydra main: validate (a bad value is one line naming the key, exit 2,
+    before any work), then ``run(cfg)``."""
+    try:
+        cfg = validate(cfg)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        sys.exit(2)
+    run(cfg)

@@ -24,9 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "workflows"))
 os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
 
-from platforms import launch_command, parsl_config, precheck_groups  # noqa: E402
+from platforms import launch_command, parsl_config, precheck_groups, run_validated  # noqa: E402
 
-from scoreda.config import ConfigError, validate  # noqa: E402
 from scoreda.io import write_text  # noqa: E402
 
 
@@ -95,12 +94,7 @@ def _print(cfg: DictConfig, out_dir: Path, r: dict) -> None:
 
 @hydra.main(config_path="../configs", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    try:
-        cfg = validate(cfg)
-    except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
-        sys.exit(2)
-    run(cfg)
+    run_validated(run, cfg)
 
 
 if __name__ == "__main__":
