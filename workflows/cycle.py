@@ -8,15 +8,17 @@ analysis(k) after forecast(k) and nature(k), evaluate(k) after analysis(k). With
 ``parallel.launcher``, logs in ``RUN/logs/train-NNNNNN.*``) follows analysis(k) and train(k−1), and
 forecast(k) waits for train(k − 1 − ``surrogate.lag``). With
 ``filter.ranks`` > 1 the analysis is an MPI job, ``{platform.mpi_launcher} -n R python -m
-scoreda.stages.analysis ...`` (its output in ``RUN/logs/analysis-NNNNNN.{out,err}``). Futures are chained
-over all cycles before anything is awaited. Every stage skips itself when its outputs exist and
-validate, so re-running the same command resumes an interrupted run.
+scoreda.stages.analysis ...`` here or an ``srun`` job step on Slurm platforms (its output in
+``RUN/logs/analysis-NNNNNN.{out,err}``). Futures are chained over all cycles before anything is
+awaited. Every stage skips itself when its outputs exist and validate, so re-running the same
+command resumes an interrupted run. Inside a Slurm allocation (``platform.end_time=auto``) a cycle
+starts only if it can finish before the job ends; otherwise the workflow exits with status 75 and
+``slurm/*.sbatch`` resubmits itself to continue.
 """
 
 from __future__ import annotations
 
 import os
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -31,11 +33,20 @@ sys.path.insert(0, str(ROOT / "workflows"))
 # Parsl's interchange and worker pool (and mpiexec) are scripts beside this interpreter.
 os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
 
-from platforms import launch_command, parsl_config, precheck_groups, run_validated  # noqa: E402
+from platforms import (  # noqa: E402
+    allocation_end,
+    launch_command,
+    mpi_command,
+    parsl_config,
+    precheck_groups,
+    run_validated,
+)
 
-from scoreda.stages.common import write_config  # noqa: E402
+from scoreda.stages.common import WalltimeStop, write_config  # noqa: E402
 from scoreda.stages.evaluate import summary_lines  # noqa: E402
 from scoreda.tracking import Tracker  # noqa: E402
+
+EXIT_WALLTIME = 75  # EX_TEMPFAIL: stopped before the allocation's end, not finished; resubmit
 
 
 @python_app
@@ -51,20 +62,23 @@ def analysis_mpi_app(command, inputs=(), stdout=None, stderr=None):
     return command
 
 
-def analysis_command(cfg: DictConfig, run_dir: str, cycle: int) -> str:
-    """The analysis stage on ``filter.ranks`` MPI ranks, launched by ``platform.mpi_launcher``."""
-    stage = [sys.executable, "-m", "scoreda.stages.analysis", "--run-dir", run_dir, "--cycle", str(cycle)]
-    return f"{cfg.platform.mpi_launcher} -n {cfg.filter.ranks} {shlex.join(stage)}"
-
-
 def analysis_future(cfg: DictConfig, run_dir: str, cycle: int, inputs):
-    """analysis(k): in a Parsl worker, or as an MPI job when ``filter.ranks`` > 1."""
+    """analysis(k): in a Parsl worker, or as an MPI job of ``filter.ranks`` ranks (``mpi_command``:
+    ``mpiexec`` here, an ``srun`` job step on Slurm) when ``filter.ranks`` > 1."""
     if cfg.filter.ranks == 1:
         return stage_app("analysis", run_dir, cycle, inputs=inputs)
+    args = ["--run-dir", run_dir, "--cycle", str(cycle)]
+    command = mpi_command(cfg, "scoreda.stages.analysis", args, cfg.filter.ranks)
     log = Path(run_dir) / "logs" / f"analysis-{cycle:06d}"
-    return analysis_mpi_app(
-        analysis_command(cfg, run_dir, cycle), inputs=inputs, stdout=f"{log}.out", stderr=f"{log}.err"
-    )
+    return analysis_mpi_app(command, inputs=inputs, stdout=f"{log}.out", stderr=f"{log}.err")
+
+
+@python_app
+def gate_app(run_dir, cycle, end_time, margin, previous, inputs=()):
+    """Walltime gate of cycle k (``scoreda.stages.common.walltime_gate``); forecast(k) waits for it."""
+    from scoreda.stages.common import walltime_gate
+
+    return walltime_gate(run_dir, cycle, end_time, margin, previous)
 
 
 @bash_app
@@ -87,44 +101,94 @@ def report_app(run_dir, cycles, inputs=()):
     return report(run_dir, cycles)
 
 
-def build_dag(cfg: DictConfig, run_dir: str, cycles: int):
-    """Chain the futures of every cycle; returns (evaluate futures, report future)."""
+def build_dag(cfg: DictConfig, run_dir: str, cycles: int, end_time: float | None = None):
+    """Chain the futures of every cycle; returns (evaluate futures, walltime gates, report future).
+
+    With an ``end_time`` (the allocation's end), forecast(k) also waits for a gate that lets cycle k
+    start only if it can finish in time; a refused gate fails cycle k and everything after it.
+    """
     truth = stage_app("nature", run_dir, 0)
     ensemble = truth  # cycle 0 writes the initial ensemble too
     online = cfg.forecaster.name == "vit" and cfg.surrogate.online
     trained = {}  # cycle -> train future (online fine-tuning)
-    scores = []
+    scores, gates = [], []
     for k in range(1, cycles + 1):
         truth = stage_app("nature", run_dir, k, inputs=[truth])
-        weights = [trained[j]] if (j := k - 1 - cfg.surrogate.lag) in trained else []
-        fc = stage_app("forecast", run_dir, k, inputs=[ensemble, *weights])
+        waits = [trained[j]] if (j := k - 1 - cfg.surrogate.lag) in trained else []
+        if end_time is not None:
+            previous = gates[-1] if gates else None
+            done_before = [ensemble, *([trained[k - 1]] if k - 1 in trained else [])]
+            margin = cfg.platform.stop_margin_s
+            gates.append(gate_app(run_dir, k, end_time, margin, previous, inputs=done_before))
+            waits.append(gates[-1])
+        fc = stage_app("forecast", run_dir, k, inputs=[ensemble, *waits])
         ensemble = analysis_future(cfg, run_dir, k, inputs=[fc, truth])
         if online:  # train(k) after analysis(k) and train(k−1); overlaps forecast(k+1) when lag = 1
             previous = [trained[k - 1]] if k > 1 else []
             trained[k] = train_future(cfg, run_dir, k, inputs=[ensemble, *previous])
         done = [ensemble, *([trained[k]] if online else [])]
         scores.append(stage_app("evaluate", run_dir, k, inputs=done))
-    return scores, report_app(run_dir, cycles, inputs=scores)
+    return scores, gates, report_app(run_dir, cycles, inputs=scores)
+
+
+def _no_retry_on_walltime(e: Exception, task_record) -> float:
+    """Parsl retry cost: a walltime stop is final (retrying it would burn the retries), others cost 1."""
+    return float("inf") if isinstance(e, WalltimeStop) else 1.0
+
+
+def _walltime_stop(gates) -> WalltimeStop | None:
+    for g in gates:
+        if g.done() and isinstance(g.exception(), WalltimeStop):
+            return g.exception()
+    return None
 
 
 def run(cfg: DictConfig) -> dict:
+    """Run (or resume) the cycle. Exits with ``EXIT_WALLTIME`` after the last cycle that fits before
+    the allocation's end (``platform.end_time``); the same command continues the run."""
     run_dir = str(Path(cfg.run_dir).resolve())
     write_config(run_dir, cfg)
-    tracker = Tracker(cfg, run_dir)
+    tracker = Tracker(cfg, run_dir, group=sweep_group(cfg))
     t0 = time.perf_counter()
-    with parsl.load(parsl_config(cfg, run_dir)):
-        scores, final = build_dag(cfg, run_dir, cfg.cycles)
+    end_time = allocation_end(cfg)
+    complete_before = len(list(Path(run_dir).glob("cycles/*/scores.json")))
+    stop, logged = None, 0
+    with parsl.load(parsl_config(cfg, run_dir, retry_handler=_no_retry_on_walltime)):
+        scores, gates, final = build_dag(cfg, run_dir, cfg.cycles, end_time)
         progress = _progress(cfg)
         for fut in scores:  # log in cycle order as results arrive
-            s = fut.result()
+            try:
+                s = fut.result()
+            except Exception:
+                if (stop := _walltime_stop(gates)) is None:
+                    raise
+                break
             tracker.log(s)
             progress(s)
-        summary = final.result()
+            logged += 1
+        summary = None if stop else final.result()
     parsl.clear()
+    if stop:
+        tracker.finish()
+        if logged <= complete_before:  # no new cycle: a resubmission would stop the same way
+            print(f"walltime: {stop}; no cycle fits in this allocation, ask for more time", file=sys.stderr)
+            sys.exit(1)
+        print(f"walltime: {stop}; run the same command to continue ({run_dir})", file=sys.stderr)
+        sys.exit(EXIT_WALLTIME)
     summary["wall_seconds_total"] = time.perf_counter() - t0
     tracker.finish(summary)
     _print_summary(cfg, run_dir, summary)
     return summary
+
+
+def sweep_group(cfg: DictConfig) -> str | None:
+    """W&B group of a Hydra multirun: ``<experiment>-sweep-<sweep directory>``; None for one run."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None
+    return f"{cfg.experiment_name}-sweep-{Path(HydraConfig.get().sweep.dir).name}"
 
 
 def _progress(cfg):

@@ -2,72 +2,158 @@
 
 from __future__ import annotations
 
+import os
 import shlex
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from omegaconf import DictConfig
+from parsl.addresses import address_by_hostname
 from parsl.config import Config
 from parsl.executors import HighThroughputExecutor
-from parsl.providers import LocalProvider
+from parsl.launchers import SimpleLauncher
+from parsl.providers import LocalProvider, SlurmProvider
 
-from scoreda.config import ConfigError, validate
+from scoreda.config import ConfigError, end_time_seconds, validate
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
-def parsl_config(cfg: DictConfig, run_dir: str) -> Config:
+def provider_mode(cfg: DictConfig) -> str:
+    """``local``, ``allocation`` (Parsl inside a Slurm job) or ``submit`` (Parsl submits blocks)."""
     p = cfg.platform
     if p.name == "local":
-        htex = HighThroughputExecutor(
-            label="local",
-            address=p.address,
-            loopback_address=p.address,
-            max_workers_per_node=p.workers,
-            cores_per_worker=1,
-            heartbeat_period=2,
-            heartbeat_threshold=10,
-            poll_period=10,
-            provider=LocalProvider(
-                init_blocks=1,
-                min_blocks=1,
-                max_blocks=1,
-                worker_init=f"export OMP_NUM_THREADS={p.threads_per_worker}",
-            ),
+        return "local"
+    if p.provider != "auto":
+        return p.provider
+    return "allocation" if os.environ.get("SLURM_JOB_ID") else "submit"
+
+
+def parsl_config(cfg: DictConfig, run_dir: str, retry_handler=None) -> Config:
+    """One HighThroughputExecutor: single-process stages in its workers, MPI stages as bash apps that
+    start ``mpiexec`` (local) or ``srun`` job steps (Slurm) from a worker.
+
+    local: LocalProvider on loopback. allocation: LocalProvider on the batch node of the running
+    job. submit: SlurmProvider blocks of ``platform.nodes`` nodes (SimpleLauncher: one worker pool on
+    the block's first node, whose job steps fan out over the block).
+    """
+    p, mode = cfg.platform, provider_mode(cfg)
+    worker_init = f"export OMP_NUM_THREADS={p.threads_per_worker}"
+    if mode == "submit":
+        if p.env_script:
+            script = Path(p.env_script) if Path(p.env_script).is_absolute() else ROOT / p.env_script
+            worker_init = f"source {shlex.quote(str(script))}\n{worker_init}"
+        provider = SlurmProvider(
+            partition=p.partition,
+            account=p.account,
+            qos=p.qos,
+            nodes_per_block=p.nodes,
+            init_blocks=1,
+            min_blocks=1,
+            max_blocks=1,
+            walltime=p.walltime,
+            scheduler_options=p.scheduler_options,
+            worker_init=f"cd {shlex.quote(str(ROOT))}\n{worker_init}",
+            exclusive=True,  # a block owns its nodes; job steps share them out
+            launcher=SimpleLauncher(),
         )
-        return Config(
-            executors=[htex],
-            run_dir=str(Path(run_dir) / "runinfo"),
-            retries=p.retries,
-            strategy="none",
-            initialize_logging=False,
-        )
-    raise ValueError(f"platform.name: unknown platform {p.name!r}")
+        address = p.address or address_by_hostname()
+    else:  # the interchange and the workers share this host
+        provider = LocalProvider(init_blocks=1, min_blocks=1, max_blocks=1, worker_init=worker_init)
+        address = "127.0.0.1" if mode == "allocation" else p.address
+    htex = HighThroughputExecutor(
+        label=p.name,
+        address=address,
+        loopback_address="127.0.0.1",
+        max_workers_per_node=p.workers,
+        cores_per_worker=1e-6,  # `workers` decides, not the core count of the node
+        heartbeat_period=2 if mode == "local" else 15,
+        heartbeat_threshold=10 if mode == "local" else 120,
+        poll_period=10,
+        provider=provider,
+    )
+    return Config(
+        executors=[htex],
+        run_dir=str(Path(run_dir) / "runinfo"),
+        retries=p.retries,
+        retry_handler=retry_handler,
+        strategy="simple" if mode == "submit" else "none",  # submit: keep one block alive
+        initialize_logging=False,
+    )
+
+
+def mpi_command(
+    cfg: DictConfig, module: str, args: list[str], ranks: int, launcher: str | None = None
+) -> str:
+    """``python -m module args`` on ``ranks`` MPI ranks: ``{platform.mpi_launcher} -n R ...`` here, or
+    one Slurm job step ``srun --ntasks=R --nodes=N ...`` with N = ceil(R / ``platform.ranks_per_node``),
+    ``platform.cpus_per_task`` cores a rank and ``platform.srun_options`` (GPU binding) on a cluster."""
+    p = cfg.platform
+    launcher = launcher or p.mpi_launcher
+    py = [*python(cfg), *program(module), *args]
+    if launcher != "srun":
+        return shlex.join([*shlex.split(launcher), "-n", str(ranks), *py])
+    nodes = -(-ranks // p.ranks_per_node)
+    srun = [
+        "srun",
+        f"--ntasks={ranks}",
+        f"--nodes={nodes}",
+        f"--ntasks-per-node={min(ranks, p.ranks_per_node)}",
+        f"--cpus-per-task={p.cpus_per_task}",
+        *shlex.split(p.srun_options),
+    ]
+    return shlex.join([*srun, *py])
+
+
+def program(module: str) -> list[str]:
+    """``-m module``, or a script path as it is (``scripts/bench_*.py`` of the scaling studies)."""
+    return [module] if module.endswith(".py") else ["-m", module]
+
+
+def python(cfg: DictConfig) -> list[str]:
+    """The interpreter of stages started as processes: ``platform.python`` (e.g. a container's), or
+    this one."""
+    return shlex.split(cfg.platform.python) if cfg.platform.python else [sys.executable]
 
 
 def launch_command(cfg: DictConfig, module: str, args: list[str], ranks: int) -> str:
     """Shell command running ``python -m module args`` on ``ranks`` processes with ``parallel.launcher``.
 
     One rank is a plain process (the stage discovers a world of one). ``torchrun`` runs standalone
-    on this host; ``mpiexec`` is ``platform.mpi_launcher``; ``srun`` runs inside an allocation;
-    ``deepspeed`` is DeepSpeed's own launcher. The stage finds its rank from whichever launched it
-    (``scoreda.surrogate.distributed.discover``).
+    on this host; ``mpiexec`` is ``platform.mpi_launcher``; ``srun`` is a job step inside the
+    allocation (``mpi_command``); ``deepspeed`` is DeepSpeed's own launcher. The stage finds its rank
+    from whichever launched it (``scoreda.surrogate.distributed.discover``).
     """
-    py = [sys.executable, "-m", module, *args]
-    if ranks == 1:
+    py = [*python(cfg), *program(module), *args]
+    launcher = cfg.parallel.launcher
+    if ranks == 1 and launcher != "srun":
         return shlex.join(py)
     bindir = Path(sys.executable).parent
-    launcher = cfg.parallel.launcher
     if launcher == "torchrun":
-        cmd = [str(bindir / "torchrun"), "--standalone", f"--nproc_per_node={ranks}", "-m", module, *args]
-    elif launcher == "mpiexec":
-        cmd = [*shlex.split(cfg.platform.mpi_launcher), "-n", str(ranks), *py]
-    elif launcher == "srun":
-        cmd = ["srun", f"--ntasks={ranks}", *py]
+        cmd = [str(bindir / "torchrun"), "--standalone", f"--nproc_per_node={ranks}", *program(module), *args]
+    elif launcher in ("mpiexec", "srun"):
+        return mpi_command(cfg, module, args, ranks, launcher="srun" if launcher == "srun" else None)
     elif launcher == "deepspeed":
-        cmd = [str(bindir / "deepspeed"), f"--num_gpus={ranks}", "--module", module, *args]
+        ds = ["--module", module] if not module.endswith(".py") else [module]
+        cmd = [str(bindir / "deepspeed"), f"--num_gpus={ranks}", *ds, *args]
     else:
         raise ValueError(f"parallel.launcher: unknown launcher {launcher!r}")
     return shlex.join(cmd)
+
+
+def allocation_end(cfg: DictConfig) -> float | None:
+    """Unix time at which the allocation ends: ``platform.end_time``, or for ``auto`` inside a Slurm
+    job its end time from ``squeue`` (None when the job has no limit or this is no allocation)."""
+    value = cfg.platform.end_time
+    if value == "auto":
+        job = os.environ.get("SLURM_JOB_ID")
+        if provider_mode(cfg) != "allocation" or not job:
+            return None
+        out = subprocess.run(["squeue", "-h", "-j", job, "-o", "%e"], capture_output=True, text=True)
+        value = out.stdout.strip() if out.returncode == 0 else None
+    return end_time_seconds(value)
 
 
 def precheck_groups(config_dir: Path, overrides: list[str]) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, fields, make_dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, get_type_hints
 
@@ -114,6 +115,8 @@ class Surrogate:
     head_depth: int = 2  # hidden Linear(D, D) + GELU layers before the output projection
     level_aggregation: bool = True  # one patch embedding per level, merged by one cross-attention
     residual: bool = True  # predict x(t+12 h) − x(t)
+    step_hours: float | None = None  # hours of one ViT step (null: model.cycle_hours); a cycle is
+    # cycle_hours / step_hours steps rolled out
     # optimiser (AdamW, linear warm-up then cosine decay to min_lr)
     lr: float = 5e-4
     min_lr: float = 1e-6
@@ -138,12 +141,14 @@ class Pretrain:
     out_dir: str = "runs/pretrain/vit_tiny"  # trajectory.h5, weights.pt, report.json
     trajectories: int = 16  # independent nature runs, made in one batch
     held_out: int = 2  # of them, kept for evaluation only
-    length: int = 160  # states per trajectory, model.cycle_hours apart (length − 1 pairs each)
+    length: int = 160  # cycles per trajectory: states model.cycle_hours apart (length − 1 pairs each)
+    frame_hours: float | None = None  # hours between stored frames (null: model.cycle_hours)
     decorrelate_cycles: int = 20  # cycles between branching off the spun-up run and the first state
     steps: int = 3000  # optimiser steps (sets the learning-rate schedule)
     max_minutes: float = 15.0  # stop at a step boundary after this much training time
     roll: bool = True  # augment with random periodic shifts along x (the forcing is x-invariant)
     eval_noise: float = 1.0  # initial-state error of the noisy-start comparison [model units]
+    rollout_steps: int = 0  # last optimiser steps on one-cycle pairs, loss on the rolled-out forecast
 
 
 @dataclass
@@ -162,12 +167,49 @@ class Parallel:
 
 @dataclass
 class Platform:
-    name: str = "local"
+    """Where the stages run (``configs/platform/``): this machine or a Slurm cluster (any, or Frontier)."""
+
+    name: str = "local"  # local | slurm | frontier
     workers: int = 2  # Parsl workers (stages that may run at the same time)
     threads_per_worker: int = 1  # torch threads in each stage
-    retries: int = 0
-    address: str = "127.0.0.1"
-    mpi_launcher: str = "mpiexec"
+    retries: int = 0  # Parsl re-runs of a failed stage (a walltime stop is never retried)
+    address: str | None = "127.0.0.1"  # where workers reach the interchange; None: this host's name
+    mpi_launcher: str = "mpiexec"  # MPI stages: `mpiexec` command prefix (local) or `srun`
+    # Slurm (platform slurm/frontier); every site-specific value comes from here or an override.
+    provider: str = "auto"  # auto | allocation (inside sbatch/salloc) | submit (SlurmProvider blocks)
+    ranks_per_node: int = 1  # MPI ranks a node (Frontier: 8, one per GCD); nodes = ceil(ranks / this)
+    cpus_per_task: int = 1  # cores per MPI rank
+    srun_options: str = ""  # extra srun flags of every MPI stage (GPU binding, --mpi=...)
+    nodes: int = 1  # nodes of a submitted block (provider=submit)
+    account: str | None = None
+    partition: str | None = None
+    qos: str | None = None
+    walltime: str = "01:00:00"  # of a submitted block
+    scheduler_options: str = ""  # extra `#SBATCH` lines of a submitted block
+    env_script: str | None = None  # sourced by a submitted block's workers (repo-relative or absolute)
+    python: str | None = None  # how job steps start Python (container: `apptainer exec ... python3`)
+    end_time: str | None = None  # allocation end (unix seconds, ISO time, or auto = ask squeue)
+    stop_margin_s: float = 60.0  # a cycle starts only if its estimate + this fits before end_time
+
+
+@dataclass
+class Scaling:
+    """One point of a scaling study (``workflows/scaling.py``, ``experiment=scaling_ensf|scaling_vit``)."""
+
+    study: str = "ensf"  # ensf: weak scaling, state per rank fixed | vit: training throughput
+    ranks: int = 1  # MPI ranks / training processes (devices); nodes = ceil(ranks / ranks_per_node)
+    per_rank: int = 100_000  # ensf: state dimension per rank (dimension = per_rank × ranks)
+    n_steps: int = 100  # ensf: pseudo-time steps of one analysis
+    repeats: int = 3  # ensf: timed analyses (median)
+    batch_per_rank: int = 4  # vit: samples per rank and step (global batch = this × ranks)
+    steps: int = 5  # vit: timed optimiser steps (median), after `warmup`
+    warmup: int = 2
+    gpu: bool = False  # vit: bf16 + flash attention on the node's GPUs
+    submit: str = "local"  # local: measure now | sbatch: one job per point (--dry-run prints it)
+    dry_run: bool = False
+    time: str = "00:30:00"  # sbatch: time limit of a job
+    collect: bool = False  # gather OUT/points/*.json into OUT/scaling.{json,md} and plots
+    out_dir: str = "runs/scaling/default"
 
 
 @dataclass
@@ -199,6 +241,7 @@ class Root:
     pretrain: Pretrain = field(default_factory=Pretrain)
     platform: Platform = field(default_factory=Platform)
     logger: Logger = field(default_factory=Logger)
+    scaling: Scaling = field(default_factory=Scaling)
 
 
 def _merge(schema, section, key: str) -> DictConfig:
@@ -355,6 +398,11 @@ def _check_values(c: DictConfig) -> None:
         _check(pt[key] >= 2, f"pretrain.{key}", f"must be ≥ 2, got {pt[key]}")
     _check(pt.steps >= 1, "pretrain.steps", f"must be ≥ 1, got {pt.steps}")
     _check(
+        0 <= pt.rollout_steps <= pt.steps,
+        "pretrain.rollout_steps",
+        f"must be in [0, pretrain.steps={pt.steps}], got {pt.rollout_steps}",
+    )
+    _check(
         1 <= pt.held_out < pt.trajectories,
         "pretrain.held_out",
         f"must be in [1, pretrain.trajectories={pt.trajectories}), got {pt.held_out}",
@@ -366,6 +414,17 @@ def _check_values(c: DictConfig) -> None:
     )
     _check(pt.max_minutes > 0, "pretrain.max_minutes", f"must be positive, got {pt.max_minutes}")
     _check(pt.eval_noise >= 0, "pretrain.eval_noise", f"must be ≥ 0, got {pt.eval_noise}")
+    _check_divides(c.surrogate.step_hours, m.cycle_hours, "surrogate.step_hours", "model.cycle_hours")
+    _check_divides(pt.frame_hours, m.cycle_hours, "pretrain.frame_hours", "model.cycle_hours")
+    step, frame = c.surrogate.step_hours or m.cycle_hours, pt.frame_hours or m.cycle_hours
+    _check_divides(frame, step, "pretrain.frame_hours", "surrogate.step_hours")
+    if m.name == "sqg" and pt.frame_hours is not None:
+        n = pt.frame_hours * 3600 / m.dt
+        _check(
+            math.isclose(n, round(n)),
+            "pretrain.frame_hours",
+            f"{pt.frame_hours} h is not a multiple of model.dt={m.dt} s",
+        )
     if c.forecaster.name == "vit":
         s = c.surrogate
         _check(
@@ -385,12 +444,40 @@ def _check_values(c: DictConfig) -> None:
             f"no such file {s.checkpoint!r} (python workflows/pretrain.py writes it)",
         )
     p = c.platform
-    _check(p.name in ("local",), "platform.name", f"unknown platform {p.name!r} (expected local)")
+    _check(
+        p.name in ("local", "slurm", "frontier"),
+        "platform.name",
+        f"unknown platform {p.name!r} (expected local, slurm or frontier)",
+    )
+    _check(
+        p.provider in ("auto", "allocation", "submit"),
+        "platform.provider",
+        f"expected auto, allocation or submit, got {p.provider!r}",
+    )
+    _check(
+        p.name != "local" or p.mpi_launcher != "srun",
+        "platform.mpi_launcher",
+        "srun needs a Slurm platform (platform=slurm or platform=frontier)",
+    )
+    for key in ("ranks_per_node", "cpus_per_task", "nodes"):
+        _check(getattr(p, key) >= 1, f"platform.{key}", f"must be ≥ 1, got {getattr(p, key)}")
+    _check(p.stop_margin_s >= 0, "platform.stop_margin_s", f"must be ≥ 0, got {p.stop_margin_s}")
+    if p.end_time not in (None, "auto"):
+        _check(
+            end_time_seconds(p.end_time) is not None,
+            "platform.end_time",
+            f"expected unix seconds, an ISO time or auto, got {p.end_time!r}",
+        )
     _check(p.workers >= 1, "platform.workers", f"must be ≥ 1, got {p.workers}")
     _check(
         p.threads_per_worker >= 1, "platform.threads_per_worker", f"must be ≥ 1, got {p.threads_per_worker}"
     )
     _check(p.retries >= 0, "platform.retries", f"must be ≥ 0, got {p.retries}")
+    sc = c.scaling
+    _check(sc.study in ("ensf", "vit"), "scaling.study", f"expected ensf or vit, got {sc.study!r}")
+    _check(sc.submit in ("local", "sbatch"), "scaling.submit", f"expected local or sbatch, got {sc.submit!r}")
+    for key in ("ranks", "per_rank", "n_steps", "repeats", "batch_per_rank", "steps"):
+        _check(getattr(sc, key) >= 1, f"scaling.{key}", f"must be ≥ 1, got {getattr(sc, key)}")
     _check(
         c.logger.name in ("none", "wandb"), "logger.name", f"expected none or wandb, got {c.logger.name!r}"
     )
@@ -398,6 +485,18 @@ def _check_values(c: DictConfig) -> None:
         c.logger.mode in ("offline", "online", "disabled"),
         "logger.mode",
         f"expected offline, online or disabled, got {c.logger.mode!r}",
+    )
+
+
+def _check_divides(part: float | None, whole: float, key: str, whole_key: str) -> None:
+    """``whole / part`` must be a positive integer (``part`` None: nothing to check)."""
+    if part is None:
+        return
+    n = whole / part if part > 0 else 0.0
+    _check(
+        part > 0 and n >= 1 and math.isclose(n, round(n)),
+        key,
+        f"{part} h must divide {whole_key}={whole} h into a whole number of steps",
     )
 
 
@@ -487,3 +586,18 @@ def science_keys(cfg: DictConfig) -> dict:
         keys += ["surrogate", "parallel"]
         c["parallel"] = {k: v for k, v in c["parallel"].items() if k not in ("ranks", "launcher", "backend")}
     return {k: c[k] for k in keys}
+
+
+def end_time_seconds(value: str | float | int | None) -> float | None:
+    """Unix seconds of ``platform.end_time``: a number, or an ISO time (naive = local time, as squeue
+    prints it); None for None, ``auto``, ``NONE``/``Unknown`` (no limit) or anything unreadable."""
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        pass
+    try:
+        return datetime.fromisoformat(str(value).strip()).timestamp()
+    except ValueError:
+        return None

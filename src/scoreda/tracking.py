@@ -13,9 +13,14 @@ SCALARS = ("time_hours", *SCORE_NAMES)
 
 
 class Tracker:
-    """``log(scores)`` once per cycle, ``finish(summary)`` at the end. A no-op for ``logger=none``."""
+    """``log(scores)`` once per cycle, ``finish(summary)`` at the end. A no-op for ``logger=none``.
 
-    def __init__(self, cfg: DictConfig, run_dir: str | Path):
+    Runs are grouped by ``logger.group``, else ``group`` (the workflow passes its Hydra sweep), else
+    the experiment name; ``job_type`` names the workflow."""
+
+    def __init__(
+        self, cfg: DictConfig, run_dir: str | Path, group: str | None = None, job_type: str = "cycle"
+    ):
         self.run = None
         lg = cfg.logger
         if lg.name != "wandb":
@@ -29,7 +34,8 @@ class Tracker:
             entity=lg.entity,
             mode=lg.mode,
             dir=str(run_dir),
-            group=lg.group or cfg.experiment_name,
+            group=lg.group or group or cfg.experiment_name,  # a sweep's runs share one group
+            job_type=job_type,
             name=Path(run_dir).name,
             config=OmegaConf.to_container(cfg, resolve=True),
             reinit="finish_previous",

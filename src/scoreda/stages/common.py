@@ -146,3 +146,34 @@ def main(stage: Callable[..., object], description: str) -> None:
     out = stage(args.run_dir, args.cycle)
     if out is not None:
         print(json.dumps(out) if isinstance(out, dict) else out)
+
+
+class WalltimeStop(RuntimeError):
+    """The allocation ends before the next cycle could finish; rerun the same command to continue."""
+
+
+def recorded_cycle_seconds(run_dir: str | Path) -> float:
+    """The longest cycle so far by the stage timings of ``RUN/timings/`` (forecast + analysis + train
+    of one cycle; the nature run goes ahead of them), 0 when none is recorded."""
+    per_cycle: dict[int, float] = {}
+    for f in Path(run_dir, "timings").glob("*.json"):
+        t = json.loads(f.read_text())
+        if t["stage"] in ("forecast", "analysis", "train"):
+            per_cycle[t["cycle"]] = per_cycle.get(t["cycle"], 0.0) + t["seconds"]
+    return max(per_cycle.values(), default=0.0)
+
+
+def walltime_gate(run_dir: str, cycle: int, end_time: float, margin: float, previous: float | None) -> float:
+    """Admit ``cycle`` if it is complete already, or if now + (longest cycle seen) + ``margin`` ≤
+    ``end_time``; else raise ``WalltimeStop``. ``previous`` is the time the previous gate passed
+    (this process's measure of a cycle's wall time, start-up included); returns this gate's time."""
+    now = time.time()
+    if Path(run_dir, "cycles", f"{cycle:06d}", "scores.json").exists():
+        return now  # done in an earlier job: its stages only check their files
+    estimate = max(recorded_cycle_seconds(run_dir), now - previous if previous else 0.0)
+    if now + estimate + margin > end_time:
+        raise WalltimeStop(
+            f"cycle {cycle} not started: {end_time - now:.0f} s left, a cycle takes up to {estimate:.0f} s"
+            f" + {margin:.0f} s margin"
+        )
+    return now

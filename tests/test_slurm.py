@@ -1,0 +1,141 @@
+"""The workflow on a real Slurm (slurm/local-cluster.sh: Debian's slurmctld, slurmd and munge on
+localhost): `sbatch slurm/slurm.sbatch` runs the cycle inside the allocation with `srun` job steps
+for the MPI analysis; a run that would outlast its time limit stops and resubmits itself and ends
+equal to an unbroken one; platform=slurm from outside an allocation submits a Parsl block.
+Skipped, with the reason, where the machine has no root or no apt (CI has both)."""
+
+import csv
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from scoreda.io import read_state
+
+ROOT = Path(__file__).resolve().parents[1]
+CLUSTER = ROOT / "slurm" / "local-cluster.sh"
+SMALL = [
+    "model.N=32",
+    "members=6",
+    "burn_in=1",
+    "model.spinup_cycles=20",
+    "model.member_spacing_cycles=2",
+    "filter.n_steps=30",
+    "progress=false",
+    "filter.ranks=2",  # the analysis is an MPI job: an srun job step of 2 ranks
+]
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory):
+    check = subprocess.run(["bash", str(CLUSTER), "check"], capture_output=True, text=True)
+    if check.returncode != 0:
+        pytest.skip(f"no local Slurm: {check.stdout.strip() or check.stderr.strip()}")
+    up = subprocess.run(["bash", str(CLUSTER), "up"], capture_output=True, text=True, timeout=600)
+    assert up.returncode == 0, up.stderr[-2000:]
+    conf = up.stdout.strip().split("SLURM_CONF=")[-1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}  # not inside a job
+    env |= {"SLURM_CONF": conf, "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
+    yield env
+    subprocess.run(["bash", str(CLUSTER), "down"], capture_output=True)
+
+
+def sbatch(env, out_dir: Path, *args) -> str:
+    cmd = ["sbatch", "--parsable", f"--output={out_dir}/job-%j.out", *args]
+    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip().split(";")[0]
+
+
+def wait_for(path: Path, timeout: float) -> None:
+    deadline = time.time() + timeout
+    while not path.exists() and time.time() < deadline:
+        time.sleep(1)
+    assert path.exists(), f"{path} did not appear within {timeout} s"
+
+
+def wait_idle(env, timeout=300) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        q = subprocess.run(["squeue", "-h"], env=env, capture_output=True, text=True)
+        if not q.stdout.strip():
+            return
+        time.sleep(1)
+    raise AssertionError("Slurm queue did not drain")
+
+
+def rows(run_dir: Path) -> list[dict]:
+    return list(csv.DictReader(open(run_dir / "metrics.csv")))
+
+
+@pytest.fixture(scope="module")
+def straight(slurm, tmp_path_factory):
+    """`sbatch slurm/slurm.sbatch ... cycles=3` once, to completion."""
+    base = tmp_path_factory.mktemp("sbatch")
+    job = sbatch(slurm, base, "--time=10", "slurm/slurm.sbatch", f"run_dir={base}/run", "cycles=3", *SMALL)
+    wait_for(base / "run" / "summary.json", 600)
+    wait_idle(slurm)
+    return base, job
+
+
+def test_sbatch_runs_the_cycle_with_srun_mpi_stages(straight):
+    base, job = straight
+    log = (base / f"job-{job}.out").read_text()
+    assert f"scoreda: job {job} on 1 node(s)" in log and "analysis RMSE" in log
+    r = rows(base / "run")
+    assert [int(x["cycle"]) for x in r] == [1, 2, 3]
+    assert all(float(x["rmse_analysis"]) < float(x["rmse_forecast"]) for x in r)
+    for k in (1, 2, 3):  # each analysis was one srun job step of 2 ranks inside the allocation
+        step = (base / "run" / "logs" / f"analysis-{k:06d}.err").read_text()
+        assert "srun --ntasks=2 --nodes=1 --ntasks-per-node=2" in step or k > 1
+        assert (base / "run" / "cycles" / f"{k:06d}" / "analysis.h5").is_file()
+
+
+def test_walltime_stop_resubmits_and_ends_equal_to_an_unbroken_run(slurm, straight, tmp_path):
+    """A 3-minute job with a 147 s margin leaves ~33 s for start-up and cycles: fewer than the 6
+    asked. It stops with exit 75 and resubmits itself (afterany) until the run is complete; the
+    chain ends with the numbers of one unbroken job."""
+    ref, _ = straight
+    run_dir = tmp_path / "run"
+    args = ["--time=3", "slurm/slurm.sbatch", f"run_dir={run_dir}", "cycles=6", *SMALL]
+    first = sbatch(slurm, tmp_path, *args, "platform.stop_margin_s=147")
+    wait_for(run_dir / "summary.json", 1200)
+    wait_idle(slurm)
+    logs = sorted(tmp_path.glob("job-*.out"))
+    assert len(logs) >= 2, "the run finished in one job: nothing was resubmitted"
+    text = (tmp_path / f"job-{first}.out").read_text()
+    assert "walltime: cycle" in text and "resubmitting slurm/slurm.sbatch" in text
+    assert "resubmission 1" in "".join(p.read_text() for p in logs)
+    assert rows(run_dir)[:3] == rows(ref / "run")
+    final, _ = read_state(run_dir / "cycles" / "000003" / "analysis.h5")
+    expect, _ = read_state(ref / "run" / "cycles" / "000003" / "analysis.h5")
+    assert np.array_equal(final, expect)
+
+
+def test_platform_slurm_submits_a_parsl_block_from_outside(slurm, straight, tmp_path):
+    """platform=slurm outside an allocation: Parsl's SlurmProvider submits one block; the stages run
+    in it (the MPI analysis as a job step of that block)."""
+    ref, _ = straight
+    run_dir = tmp_path / "run"
+    cmd = [
+        sys.executable,
+        str(ROOT / "workflows" / "cycle.py"),
+        "platform=slurm",
+        "platform.address=127.0.0.1",
+        "platform.walltime=00:10:00",
+        f"run_dir={run_dir}",
+        "cycles=2",
+        *SMALL,
+    ]
+    out = subprocess.run(cmd, cwd=ROOT, env=slurm, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    submits = list((run_dir / "runinfo").rglob("*.submit"))
+    assert submits and "#SBATCH --exclusive" in submits[0].read_text()
+    assert rows(run_dir) == rows(ref / "run")[:2]
+    wait_idle(slurm)
