@@ -107,6 +107,11 @@ def test_walltime_gate_admits_a_cycle_only_if_it_fits(tmp_path):
         walltime_gate(str(tmp_path), 2, now + 20, 15, None)
     with pytest.raises(WalltimeStop):  # the measured gap between gates counts too
         walltime_gate(str(tmp_path), 2, now + 30, 15, now - 20)
+    with pytest.raises(WalltimeStop):  # and so does the floor
+        walltime_gate(str(tmp_path), 2, now + 30, 15, None, floor=20)
+    (tmp_path / "cycles" / "000002").mkdir(parents=True)
+    (tmp_path / "cycles" / "000002" / "scores.json").write_text("{}")
+    assert walltime_gate(str(tmp_path), 2, now, 15, None) >= now  # complete already: always admitted
 
 
 @pytest.mark.slow

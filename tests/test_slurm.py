@@ -98,13 +98,14 @@ def test_sbatch_runs_the_cycle_with_srun_mpi_stages(straight):
 
 
 def test_walltime_stop_resubmits_and_ends_equal_to_an_unbroken_run(slurm, straight, tmp_path):
-    """A 3-minute job with a 147 s margin leaves ~33 s for start-up and cycles: fewer than the 6
-    asked. It stops with exit 75 and resubmits itself (afterany) until the run is complete; the
-    chain ends with the numbers of one unbroken job."""
+    """A 3-minute job where a cycle counts as 155 s (platform.min_cycle_s) starts cycles only in its
+    first ~25 s: fewer than the 10 asked, whatever the machine's speed. It stops with exit 75 and
+    resubmits itself (afterany) until the run is complete; the chain ends with the numbers of one
+    unbroken job."""
     ref, _ = straight
     run_dir = tmp_path / "run"
-    args = ["--time=3", "slurm/slurm.sbatch", f"run_dir={run_dir}", "cycles=6", *SMALL]
-    first = sbatch(slurm, tmp_path, *args, "platform.stop_margin_s=147")
+    args = ["--time=3", "slurm/slurm.sbatch", f"run_dir={run_dir}", "cycles=10", *SMALL]
+    first = sbatch(slurm, tmp_path, *args, "platform.stop_margin_s=0", "platform.min_cycle_s=155")
     wait_for(run_dir / "summary.json", 1200)
     wait_idle(slurm)
     logs = sorted(tmp_path.glob("job-*.out"))
@@ -135,7 +136,11 @@ def test_platform_slurm_submits_a_parsl_block_from_outside(slurm, straight, tmp_
     ]
     out = subprocess.run(cmd, cwd=ROOT, env=slurm, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
-    submits = list((run_dir / "runinfo").rglob("*.submit"))
-    assert submits and "#SBATCH --exclusive" in submits[0].read_text()
+    submits = [
+        f for f in (run_dir / "runinfo").rglob("parsl.slurm.block-*") if not f.suffix.startswith(".std")
+    ]
+    assert submits and "#SBATCH --exclusive" in submits[0].read_text()  # the block Parsl submitted
+    assert list((run_dir / "runinfo").rglob("block-0/*/manager.log"))  # its workers ran the stages
+    assert "srun --ntasks=2" in (run_dir / "logs" / "analysis-000001.err").read_text()
     assert rows(run_dir) == rows(ref / "run")[:2]
     wait_idle(slurm)

@@ -11,7 +11,8 @@ forecast(k) waits for train(k − 1 − ``surrogate.lag``). With
 scoreda.stages.analysis ...`` here or an ``srun`` job step on Slurm platforms (its output in
 ``RUN/logs/analysis-NNNNNN.{out,err}``). Futures are chained over all cycles before anything is
 awaited. Every stage skips itself when its outputs exist and validate, so re-running the same
-command resumes an interrupted run. Inside a Slurm allocation (``platform.end_time=auto``) a cycle
+command resumes an interrupted run (complete cycles, those with ``scores.json``, are not even
+launched again). Inside a Slurm allocation (``platform.end_time=auto``) a cycle
 starts only if it can finish before the job ends; otherwise the workflow exits with status 75 and
 ``slurm/*.sbatch`` resubmits itself to continue.
 """
@@ -21,6 +22,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from concurrent.futures import Future
 from pathlib import Path
 
 import hydra
@@ -42,7 +44,7 @@ from platforms import (  # noqa: E402
     run_validated,
 )
 
-from scoreda.stages.common import WalltimeStop, write_config  # noqa: E402
+from scoreda.stages.common import WalltimeStop, completed_cycles, write_config  # noqa: E402
 from scoreda.stages.evaluate import summary_lines  # noqa: E402
 from scoreda.tracking import Tracker  # noqa: E402
 
@@ -74,11 +76,11 @@ def analysis_future(cfg: DictConfig, run_dir: str, cycle: int, inputs):
 
 
 @python_app
-def gate_app(run_dir, cycle, end_time, margin, previous, inputs=()):
+def gate_app(run_dir, cycle, end_time, margin, previous, floor, inputs=()):
     """Walltime gate of cycle k (``scoreda.stages.common.walltime_gate``); forecast(k) waits for it."""
     from scoreda.stages.common import walltime_gate
 
-    return walltime_gate(run_dir, cycle, end_time, margin, previous)
+    return walltime_gate(run_dir, cycle, end_time, margin, previous, floor)
 
 
 @bash_app
@@ -107,21 +109,22 @@ def build_dag(cfg: DictConfig, run_dir: str, cycles: int, end_time: float | None
     With an ``end_time`` (the allocation's end), forecast(k) also waits for a gate that lets cycle k
     start only if it can finish in time; a refused gate fails cycle k and everything after it.
     """
-    truth = stage_app("nature", run_dir, 0)
+    done = completed_cycles(run_dir, cycles)  # a resumed run starts after them, launching nothing
+    scores, gates = [_resolved(s) for s in done], []
+    truth = stage_app("nature", run_dir, 0) if not done else None
     ensemble = truth  # cycle 0 writes the initial ensemble too
     online = cfg.forecaster.name == "vit" and cfg.surrogate.online
     trained = {}  # cycle -> train future (online fine-tuning)
-    scores, gates = [], []
-    for k in range(1, cycles + 1):
-        truth = stage_app("nature", run_dir, k, inputs=[truth])
+    for k in range(len(done) + 1, cycles + 1):
+        truth = stage_app("nature", run_dir, k, inputs=[truth] if truth else [])
         waits = [trained[j]] if (j := k - 1 - cfg.surrogate.lag) in trained else []
         if end_time is not None:
             previous = gates[-1] if gates else None
-            done_before = [ensemble, *([trained[k - 1]] if k - 1 in trained else [])]
-            margin = cfg.platform.stop_margin_s
-            gates.append(gate_app(run_dir, k, end_time, margin, previous, inputs=done_before))
+            done_before = [f for f in (ensemble, trained.get(k - 1)) if f is not None]
+            margin, floor = cfg.platform.stop_margin_s, cfg.platform.min_cycle_s
+            gates.append(gate_app(run_dir, k, end_time, margin, previous, floor, inputs=done_before))
             waits.append(gates[-1])
-        fc = stage_app("forecast", run_dir, k, inputs=[ensemble, *waits])
+        fc = stage_app("forecast", run_dir, k, inputs=[f for f in (ensemble, *waits) if f is not None])
         ensemble = analysis_future(cfg, run_dir, k, inputs=[fc, truth])
         if online:  # train(k) after analysis(k) and train(k−1); overlaps forecast(k+1) when lag = 1
             previous = [trained[k - 1]] if k > 1 else []
@@ -129,6 +132,12 @@ def build_dag(cfg: DictConfig, run_dir: str, cycles: int, end_time: float | None
         done = [ensemble, *([trained[k]] if online else [])]
         scores.append(stage_app("evaluate", run_dir, k, inputs=done))
     return scores, gates, report_app(run_dir, cycles, inputs=scores)
+
+
+def _resolved(value) -> Future:
+    f = Future()
+    f.set_result(value)
+    return f
 
 
 def _no_retry_on_walltime(e: Exception, task_record) -> float:

@@ -190,6 +190,7 @@ class Platform:
     python: str | None = None  # how job steps start Python (container: `apptainer exec ... python3`)
     end_time: str | None = None  # allocation end (unix seconds, ISO time, or auto = ask squeue)
     stop_margin_s: float = 60.0  # a cycle starts only if its estimate + this fits before end_time
+    min_cycle_s: float = 0.0  # floor of a cycle's estimate (before one is measured in this run)
 
 
 @dataclass
@@ -462,6 +463,7 @@ def _check_values(c: DictConfig) -> None:
     for key in ("ranks_per_node", "cpus_per_task", "nodes"):
         _check(getattr(p, key) >= 1, f"platform.{key}", f"must be ≥ 1, got {getattr(p, key)}")
     _check(p.stop_margin_s >= 0, "platform.stop_margin_s", f"must be ≥ 0, got {p.stop_margin_s}")
+    _check(p.min_cycle_s >= 0, "platform.min_cycle_s", f"must be ≥ 0, got {p.min_cycle_s}")
     if p.end_time not in (None, "auto"):
         _check(
             end_time_seconds(p.end_time) is not None,

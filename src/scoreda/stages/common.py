@@ -163,17 +163,35 @@ def recorded_cycle_seconds(run_dir: str | Path) -> float:
     return max(per_cycle.values(), default=0.0)
 
 
-def walltime_gate(run_dir: str, cycle: int, end_time: float, margin: float, previous: float | None) -> float:
-    """Admit ``cycle`` if it is complete already, or if now + (longest cycle seen) + ``margin`` ≤
-    ``end_time``; else raise ``WalltimeStop``. ``previous`` is the time the previous gate passed
-    (this process's measure of a cycle's wall time, start-up included); returns this gate's time."""
+def walltime_gate(
+    run_dir: str, cycle: int, end_time: float, margin: float, previous: float | None, floor: float = 0.0
+) -> float:
+    """Admit ``cycle`` if it is complete already, or if now + estimate + ``margin`` ≤ ``end_time``;
+    else raise ``WalltimeStop``. The estimate is the longest of: the cycles recorded in the run,
+    now − ``previous`` (the time the previous gate passed: a whole cycle's wall time in this
+    process), and ``floor``. Returns this gate's time."""
     now = time.time()
     if Path(run_dir, "cycles", f"{cycle:06d}", "scores.json").exists():
         return now  # done in an earlier job: its stages only check their files
-    estimate = max(recorded_cycle_seconds(run_dir), now - previous if previous else 0.0)
+    estimate = max(recorded_cycle_seconds(run_dir), now - previous if previous else 0.0, floor)
     if now + estimate + margin > end_time:
         raise WalltimeStop(
             f"cycle {cycle} not started: {end_time - now:.0f} s left, a cycle takes up to {estimate:.0f} s"
             f" + {margin:.0f} s margin"
         )
     return now
+
+
+def completed_cycles(run_dir: str | Path, cycles: int) -> list[dict]:
+    """The scores of cycles 1, 2, … that are complete (``cycles/NNNNNN/scores.json`` of this config,
+    written last by ``evaluate`` after the cycle's analysis and training), up to the first that is not."""
+    run, done = Run(run_dir), []
+    for k in range(1, cycles + 1):
+        try:
+            scores = json.loads(run.path(k, "scores").read_text())
+        except (OSError, ValueError):
+            break
+        if scores.get("config_hash") != run.hash:
+            break
+        done.append(scores)
+    return done
