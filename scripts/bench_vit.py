@@ -85,7 +85,8 @@ def worker(spec: dict) -> None:
 
     torch.set_num_threads(spec["threads"])
     env = discover()
-    device = torch.device(f"cuda:{env.local_rank}" if spec["gpu"] else "cpu")
+    # srun --gpus-per-task=1 shows each rank one device; torchrun on a node shows them all
+    device = torch.device(f"cuda:{env.local_rank % torch.cuda.device_count()}" if spec["gpu"] else "cpu")
     if spec["gpu"]:
         torch.cuda.set_device(device)
     init_distributed(env, "auto")
