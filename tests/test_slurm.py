@@ -5,6 +5,7 @@ equal to an unbroken one; platform=slurm from outside an allocation submits a Pa
 Skipped, with the reason, where the machine has no root or no apt (CI has both)."""
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -144,3 +145,19 @@ def test_platform_slurm_submits_a_parsl_block_from_outside(slurm, straight, tmp_
     assert "srun --ntasks=2" in (run_dir / "logs" / "analysis-000001.err").read_text()
     assert rows(run_dir) == rows(ref / "run")[:2]
     wait_idle(slurm)
+
+
+def test_srun_launches_the_trainer_on_two_ranks(slurm, tmp_path):
+    """DeepSpeed ZeRO-2 and DDP under `srun --ntasks=2`: rank, world and rendezvous from SLURM_*
+    (the path of `parallel.launcher=srun` on Frontier), the same losses for both strategies."""
+    out = tmp_path / "out.json"
+    cases = ROOT / "tests" / "trainer_cases.py"
+    cmd = ["srun", "--ntasks=2", "--time=5", sys.executable, str(cases), "--strategy", "ddp,zero2"]
+    cmd += ["--steps", "5", "--out", str(out)]
+    env = slurm | {"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "TRAINER_CASES_TMP": str(tmp_path)}
+    p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0 and out.is_file(), (p.stdout + p.stderr)[-3000:]
+    got = json.loads(out.read_text())
+    assert (got["launcher"], got["world_size"]) == ("srun", 2)
+    ddp, zero2 = (got["strategies"][s]["losses"] for s in ("ddp", "zero2"))
+    assert zero2 == pytest.approx(ddp, abs=1e-6) and zero2[-1] < zero2[0]
