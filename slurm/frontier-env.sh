@@ -30,7 +30,7 @@ if [[ -n ${SCOREDA_CONTAINER:-} ]]; then
     binds=/opt/cray,/usr/lib64/libcxi.so.1,/usr/lib64/libjansson.so.4,/var/spool/slurmd,/etc/slurm
     binds+=,/usr/bin/srun,/usr/bin/squeue,/usr/bin/scontrol,/usr/lib64/slurm,/run/munge
     export APPTAINERENV_LD_LIBRARY_PATH=/opt/cray/pe/mpich/default/ofi/gnu/12.3/lib:/opt/cray/pe/lib64:/usr/lib64:${CRAY_LD_LIBRARY_PATH:-}
-    export SCOREDA_STAGE_PYTHON="apptainer exec --rocm --bind $binds,$PWD --pwd $PWD $SCOREDA_CONTAINER python3"
+    export SCOREDA_STAGE_PYTHON="apptainer exec --rocm --bind $binds,$PWD --pwd $PWD $SCOREDA_CONTAINER /opt/venv/bin/python"
     export SCOREDA_PYTHON=$SCOREDA_STAGE_PYTHON
 else
     export SCOREDA_PYTHON=${SCOREDA_VENV:-$PWD/.venv}/bin/python
