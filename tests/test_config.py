@@ -65,6 +65,12 @@ def test_default_config_validates():
         (["filter.rtps_unobserved=2"], "filter.rtps_unobserved:"),
         (["observation.sigma=0"], "observation.sigma:"),
         (["filter.ranks=50"], "filter.ranks:"),
+        (["surrogate.step_hours=5"], "surrogate.step_hours:"),
+        (["surrogate.step_hours=0"], "surrogate.step_hours:"),
+        (["pretrain.frame_hours=5"], "pretrain.frame_hours:"),
+        (["surrogate.step_hours=3", "pretrain.frame_hours=2"], "pretrain.frame_hours:"),
+        (["pretrain.frame_hours=0.5"], "pretrain.frame_hours:"),  # 1800 s is 1.5 model steps
+        (["pretrain.rollout_steps=-1"], "pretrain.rollout_steps:"),
         (["+bogus=1"], "bogus:"),
     ],
     ids=lambda v: " ".join(v) if isinstance(v, list) else None,

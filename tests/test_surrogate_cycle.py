@@ -48,7 +48,8 @@ def run(cmd, timeout=600):
 
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory):
-    """A tiny pre-training through the real workflow: 2 ranks under torchrun, DeepSpeed ZeRO-2."""
+    """A tiny pre-training through the real workflow: 2 ranks under torchrun, DeepSpeed ZeRO-2; a 3-h
+    surrogate on 1-h frames, its last 2 steps on the 4-step rollout to 12 h."""
     out_dir = tmp_path_factory.mktemp("pretrain")
     cmd = [
         sys.executable,
@@ -60,6 +61,9 @@ def pretrained(tmp_path_factory):
         "pretrain.length=6",
         "pretrain.decorrelate_cycles=1",
         "pretrain.steps=6",
+        "surrogate.step_hours=3",
+        "pretrain.frame_hours=1",
+        "pretrain.rollout_steps=2",
         "parallel=zero2",
         "parallel.ranks=2",
     ]
@@ -71,12 +75,13 @@ def test_pretrain_workflow_writes_weights_and_report(pretrained):
     out_dir, stdout = pretrained
     assert "held-out 12-hour forecasts" in stdout and "ViT / persistence" in stdout
     model, mean, std, meta = load_weights(out_dir / "weights.pt")
-    assert meta["steps"] == 6 and meta["parallel"] == "zero2"
-    assert mean.shape == std.shape == (2,) and (std > 0).all()
+    assert meta["steps"] == 6 and meta["parallel"] == "zero2" and meta["rollout_from"] == 4
+    assert model.step_hours == 3.0 and mean.shape == std.shape == (2,) and (std > 0).all()
     train = json.loads((out_dir / "train.json").read_text())
-    assert train["ranks"] == 2 and len(train["losses"]) == 6 and train["samples"] == 2 * 5
+    assert train["ranks"] == 2 and len(train["losses"]) == 6
+    assert train["samples"] == 2 * (5 * 12 + 1 - 3)  # 2 runs of 61 hourly frames, pairs 3 h apart
     report = json.loads((out_dir / "report.json").read_text())
-    assert report["pairs"] == 5  # one held-out trajectory of 6 states
+    assert report["pairs"] == 5  # one held-out trajectory over 5 cycles, forecasts from every cycle
     for start in ("exact", "noisy"):
         r = report[start]
         assert r["rmse_persistence"] > 0 and r["rmse_vit"] > 0
@@ -84,10 +89,10 @@ def test_pretrain_workflow_writes_weights_and_report(pretrained):
     assert report["noisy"]["rmse_sqg"] > 0.5  # from a perturbed start it does not
 
 
-def _weights(tmp_path) -> Path:
+def _weights(tmp_path, *extra) -> Path:
     """Random tiny weights in the pre-training format (the cycle only needs a valid file)."""
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        cfg = validate(compose("config", overrides=list(TINY)))
+        cfg = validate(compose("config", overrides=[*TINY, *extra]))
     torch.manual_seed(0)
     path = tmp_path / "w.pt"
     save_weights(path, build_vit(cfg.surrogate), cfg.surrogate, torch.zeros(2), torch.full((2,), 5.0))
@@ -95,9 +100,10 @@ def _weights(tmp_path) -> Path:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("lag", [0, 1])
-def test_cycle_with_online_fine_tuning(tmp_path, lag):
-    w = _weights(tmp_path)
+@pytest.mark.parametrize(("lag", "step_hours"), [(0, 12), (1, 6)])
+def test_cycle_with_online_fine_tuning(tmp_path, lag, step_hours):
+    """6-h steps: the cycle forecasts with 2 ViT steps, the train stage fits the 2-step rollout."""
+    w = _weights(tmp_path, f"surrogate.step_hours={step_hours}")
     run_dir = tmp_path / "run"
     cmd = [
         sys.executable,
@@ -115,8 +121,8 @@ def test_cycle_with_online_fine_tuning(tmp_path, lag):
     run(cmd)
     r = Run(run_dir)
     for k in (1, 2, 3):
-        _, _, _, meta = load_weights(weights_path(r, k))
-        assert meta["cycle"] == k and len(meta["losses"]) == 3
+        model, _, _, meta = load_weights(weights_path(r, k))
+        assert meta["cycle"] == k and len(meta["losses"]) == 3 and model.step_hours == step_hours
         assert meta["base"] == str(weights_path(r, k - 1) if k > 1 else w)
         assert meta["pairs"] == 4 * min(k, 2)  # members × cycles in the replay window
     # lag 0: forecast(k) uses the weights of cycle k−1; lag 1: of cycle k−2 (the checkpoint before)

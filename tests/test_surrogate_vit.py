@@ -24,6 +24,7 @@ from scoreda.surrogate import (
     load_weights,
     save_weights,
 )
+from scoreda.surrogate.vit import Rollout
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -216,6 +217,49 @@ def test_vit_dynamics(tmp_path):
     bad = save_weights(tmp_path / "w3.pt", wrong, wrong.arch, mean, std)
     with pytest.raises(ValueError, match="depth"):
         dyn.set_weights(bad)
+
+
+def test_vit_dynamics_rolls_out_shorter_steps(tmp_path):
+    """A 3-h surrogate forecasts a 12-h cycle as 4 ViT steps (n cycles: 4n), all members together."""
+    model = _tiny(img_size=32).eval()
+    with torch.no_grad():
+        model.head[-1].weight.normal_(0, 0.05)
+    mean, std = _stats()
+    path = save_weights(tmp_path / "w.pt", model, {**model.arch, "step_hours": 3}, mean, std)
+    loaded = load_weights(path)[0]
+    assert loaded.step_hours == 3.0 and torch.load(path, weights_only=True)["step_hours"] == 3.0
+    dyn = ViTDynamics.from_weights(path, cycle_seconds=43200.0, batch=2)
+    assert dyn.rollout == 4 and dyn.dt == 43200.0 and dyn.steps_per_cycle == 1
+    x = mean.view(2, 1, 1) + std.view(2, 1, 1) * torch.randn(
+        5, 2, 32, 32, generator=torch.Generator().manual_seed(9)
+    )
+    scale = x.abs().max()
+    assert (dyn.step(x) - _member_by_member(model, x, mean, std, 4)).abs().max() <= 1e-6 * scale
+    assert (dyn.step(x, 2) - _member_by_member(model, x, mean, std, 8)).abs().max() <= 1e-6 * scale
+    # a 6-h cycle of the same file is 2 steps; a file without step_hours (older) is one step per cycle
+    assert ViTDynamics.from_weights(path, cycle_seconds=21600.0).rollout == 2
+    blob = torch.load(path, weights_only=True)
+    del blob["step_hours"]
+    torch.save(blob, tmp_path / "old.pt")
+    assert load_weights(tmp_path / "old.pt")[0].step_hours is None
+    assert ViTDynamics.from_weights(tmp_path / "old.pt", cycle_seconds=43200.0).rollout == 1
+    with pytest.raises(ValueError, match=r"^surrogate\.step_hours: 3\.0 h does not divide the cycle of 1"):
+        ViTDynamics.from_weights(path, cycle_seconds=3600.0)
+    with pytest.raises(ValueError, match="step_hours must be a positive number"):
+        save_weights(tmp_path / "bad.pt", model, {**model.arch, "step_hours": -3}, mean, std)
+
+
+def test_rollout_applies_the_vit_k_times_and_saves_its_names():
+    vit = _tiny(img_size=32).eval()
+    x = torch.randn(2, 2, 32, 32, generator=torch.Generator().manual_seed(10))
+    roll = Rollout(vit, 3)
+    with torch.no_grad():
+        assert torch.equal(roll(x), vit(vit(vit(x))))
+    assert roll.blocks is vit.blocks  # the FSDP units
+    sd = Rollout.unwrap_state_dict(roll.state_dict())
+    assert list(sd) == list(vit.state_dict()) and all(torch.equal(sd[k], vit.state_dict()[k]) for k in sd)
+    with pytest.raises(ValueError, match="positive integer"):
+        Rollout(vit, 0)
 
 
 def _one_line_error(path, match):

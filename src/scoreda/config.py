@@ -142,9 +142,9 @@ class Pretrain:
     trajectories: int = 16  # independent nature runs, made in one batch
     held_out: int = 2  # of them, kept for evaluation only
     length: int = 160  # cycles per trajectory: states model.cycle_hours apart (length − 1 pairs each)
-    frame_hours: float | None = None  # hours between stored frames (null: model.cycle_hours)
+    frame_hours: float | None = 1.0  # hours between stored frames (None: model.cycle_hours)
     decorrelate_cycles: int = 20  # cycles between branching off the spun-up run and the first state
-    steps: int = 3000  # optimiser steps (sets the learning-rate schedule)
+    steps: int = 7000  # optimiser steps (sets the learning-rate schedule)
     max_minutes: float = 15.0  # stop at a step boundary after this much training time
     roll: bool = True  # augment with random periodic shifts along x (the forcing is x-invariant)
     eval_noise: float = 1.0  # initial-state error of the noisy-start comparison [model units]

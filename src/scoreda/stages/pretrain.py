@@ -5,16 +5,21 @@ directory holding ``config.yaml``); ``workflows/pretrain.py`` chains them:
 
 - ``trajectory``: one run spun up from noise for ``model.spinup_cycles`` cycles, branched into
   ``pretrain.trajectories`` copies by N(0, 1) noise, each decorrelated for
-  ``pretrain.decorrelate_cycles`` cycles, then ``pretrain.length`` states one cycle apart,
-  ``DIR/trajectory.h5`` [trajectory, time, level, y, x]. Reused when its hash matches.
-- ``train`` (under a launcher, any number of ranks): pairs x_t → x_{t+1} of the first
-  ``trajectories − held_out`` trajectories, normalised per level by their mean and std; global
-  batches of ``surrogate.batch_size`` drawn from the (seed, step, "pretrain-batch") stream, each
-  sample rolled along x by a random shift when ``pretrain.roll``; ``pretrain.steps`` optimiser steps
-  or ``pretrain.max_minutes``, whichever first. Writes ``DIR/weights.pt`` and ``DIR/train.json``.
-- ``evaluate``: 12-hour forecasts of the held-out pairs from the true state and from the state plus
-  N(0, eval_noise²) noise — the surrogate, persistence and the SQG model itself — as RMSE over all
-  grid values, averaged over pairs. Writes ``DIR/report.json``.
+  ``pretrain.decorrelate_cycles`` cycles, then frames ``pretrain.frame_hours`` apart over
+  ``pretrain.length − 1`` cycles ((length − 1)·cycle/frame + 1 frames), ``DIR/trajectory.h5``
+  [trajectory, time, level, y, x]. Reused when its hash matches.
+- ``train`` (under a launcher, any number of ranks): pairs x_t → x_{t+Δt}, Δt = ``surrogate.step_hours``,
+  t every frame, of the first ``trajectories − held_out`` trajectories, normalised per level by their
+  mean and std; global batches of ``surrogate.batch_size`` drawn from the (seed, step,
+  "pretrain-batch") stream, each sample rolled along x by a random shift when ``pretrain.roll``;
+  ``pretrain.steps`` optimiser steps or ``pretrain.max_minutes``, whichever first. With Δt < one
+  cycle, the last ``pretrain.rollout_steps`` steps (brought forward so that they fit in
+  ``max_minutes``, timed at k× a one-step step) take one-cycle pairs and the loss on the k = cycle/Δt
+  step rollout f_θ^k(x_t) against x_{t+cycle}. Writes ``DIR/weights.pt`` (with Δt) and
+  ``DIR/train.json``.
+- ``evaluate``: 12-hour forecasts (k surrogate steps) of the held-out pairs, t every cycle, from the
+  true state and from the state plus N(0, eval_noise²) noise — the surrogate, persistence and the SQG
+  model itself — as RMSE over all grid values, averaged over pairs. Writes ``DIR/report.json``.
 """
 
 from __future__ import annotations
@@ -36,15 +41,28 @@ from scoreda.stages.common import load_config, write_json
 TRAJ_DIMS = ("trajectory", "time", "level", "y", "x")
 
 
+def frame_hours(cfg) -> float:
+    """Hours between stored frames: ``pretrain.frame_hours``, or one cycle."""
+    return float(cfg.pretrain.frame_hours or cfg.model.cycle_hours)
+
+
+def step_hours(cfg) -> float:
+    """Hours of one surrogate step: ``surrogate.step_hours``, or one cycle."""
+    return float(cfg.surrogate.step_hours or cfg.model.cycle_hours)
+
+
 def _trajectory_key(cfg) -> str:
     p = cfg.pretrain
-    keys = (p.trajectories, p.length, p.decorrelate_cycles)
+    keys = [p.trajectories, p.length, p.decorrelate_cycles]
+    if frame_hours(cfg) != cfg.model.cycle_hours:  # one frame per cycle keeps the key it always had
+        keys.append(frame_hours(cfg))
     model = OmegaConf.to_container(cfg.model, resolve=True)
-    return config_hash({"seed": cfg.seed, "model": model, "pretrain": list(keys)})
+    return config_hash({"seed": cfg.seed, "model": model, "pretrain": keys})
 
 
 def trajectory(out_dir: str | Path) -> str:
-    """Make (or reuse) ``DIR/trajectory.h5``: [B, T, C, H, W] states one cycle apart."""
+    """Make (or reuse) ``DIR/trajectory.h5``: [B, T, C, H, W] frames ``frame_hours`` apart,
+    T = (length − 1)·cycle_hours/frame_hours + 1 (the same span for any frame spacing)."""
     out_dir = Path(out_dir)
     cfg = load_config(out_dir)
     path, key = out_dir / "trajectory.h5", _trajectory_key(cfg)
@@ -56,28 +74,38 @@ def trajectory(out_dir: str | Path) -> str:
     p, m = cfg.pretrain, cfg.model
     model = make_dynamics(m, device=cfg.device)
     spc = model.steps_per_cycle
+    per_cycle = round(m.cycle_hours / frame_hours(cfg))  # frames per cycle
+    spf = spc // per_cycle  # model steps per frame
     x = model.initial_state(generator(cfg.seed, 0, "pretrain-spinup"), 1).to(cfg.device)
     x = model.step(x, m.spinup_cycles * spc)
     branch = torch.randn((p.trajectories, *x.shape[1:]), generator=generator(cfg.seed, 0, "pretrain-branch"))
     x = model.step(x + branch.to(x), p.decorrelate_cycles * spc)
     states = [x.cpu()]
-    for _ in range(p.length - 1):  # a sequence in model time, all trajectories in one batch
-        x = model.step(x, spc)
+    for _ in range((p.length - 1) * per_cycle):  # a sequence in model time, all trajectories in one batch
+        x = model.step(x, spf)
         states.append(x.cpu())
-    attrs = {"key": key, "cycle_hours": m.cycle_hours, "model": m.name, "units": m.units}
+    attrs = {"key": key, "cycle_hours": m.cycle_hours, "frame_hours": frame_hours(cfg), "model": m.name}
+    attrs["units"] = m.units
     write_dataset_file(path, {"state": (TRAJ_DIMS, torch.stack(states, 1))}, attrs)
     return str(path)
 
 
-def load_pairs(out_dir: str | Path, held_out: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """(x_t, x_{t+1}) pairs [N, C, H, W] in model units from the training or the held-out trajectories."""
+def load_pairs(
+    out_dir: str | Path, held_out: bool, lead_hours: float | None = None, every_hours: float | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x_t, x_{t+lead}) pairs [N, C, H, W] in model units from the training or the held-out trajectories,
+    t every ``every_hours`` (default: every frame); ``lead_hours`` defaults to one cycle."""
     out_dir = Path(out_dir)
     cfg = load_config(out_dir)
     data, _ = read_dataset_file(out_dir / "trajectory.h5", expect_attrs={"key": _trajectory_key(cfg)})
     s = torch.from_numpy(data["state"])
     n_train = cfg.pretrain.trajectories - cfg.pretrain.held_out
     s = s[n_train:] if held_out else s[:n_train]
-    return s[:, :-1].reshape(-1, *s.shape[2:]), s[:, 1:].reshape(-1, *s.shape[2:])
+    fh = frame_hours(cfg)
+    lead = round((lead_hours or cfg.model.cycle_hours) / fh)  # frames
+    every = round((every_hours or fh) / fh)
+    x, y = s[:, :-lead:every], s[:, lead::every]
+    return x.reshape(-1, *s.shape[2:]), y.reshape(-1, *s.shape[2:])
 
 
 def roll_x(x: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
@@ -92,6 +120,7 @@ def train(out_dir: str | Path) -> dict:
     from scoreda.surrogate import build_vit
     from scoreda.surrogate.distributed import discover, init_distributed
     from scoreda.surrogate.trainer import Trainer
+    from scoreda.surrogate.vit import Rollout
 
     out_dir = Path(out_dir)
     cfg = load_config(out_dir)
@@ -100,16 +129,33 @@ def train(out_dir: str | Path) -> dict:
     # a launched training job owns its host: the cores shared among the ranks on it
     torch.set_num_threads(max(cfg.platform.threads_per_worker, (os.cpu_count() or 1) // env.local_world_size))
     init_distributed(env, cfg.parallel.backend)
-    X, Y = load_pairs(out_dir, held_out=False)
+    X, Y = load_pairs(out_dir, held_out=False, lead_hours=step_hours(cfg))
     mean, std = X.mean(dim=(0, 2, 3)), X.std(dim=(0, 2, 3))
-    X, Y = ((X - mean[:, None, None]) / std[:, None, None]), ((Y - mean[:, None, None]) / std[:, None, None])
-    trainer = Trainer(
-        lambda: build_vit(s), s, cfg.parallel, env, cfg.device, total_steps=p.steps, seed=cfg.seed
-    )
+
+    def normalise(t: torch.Tensor) -> torch.Tensor:
+        return (t - mean[:, None, None]) / std[:, None, None]
+
+    X, Y = normalise(X), normalise(Y)
+    samples = len(X)  # pairs one surrogate step apart
+    k = round(cfg.model.cycle_hours / step_hours(cfg))  # ViT steps per cycle
+    rollout = p.rollout_steps > 0 and k > 1
+    switch = p.steps - p.rollout_steps if rollout else p.steps  # first step of the rolled-out loss
+
+    def factory():
+        vit = build_vit(s)
+        return Rollout(vit, 1) if rollout else vit
+
+    trainer = Trainer(factory, s, cfg.parallel, env, cfg.device, total_steps=p.steps, seed=cfg.seed)
     per_rank = s.batch_size // env.world_size
     mine = slice(env.rank * per_rank, (env.rank + 1) * per_rank)
-    losses, t0, stop = [], time.perf_counter(), torch.zeros(1)
+    losses, t0, rollout_from = [], time.perf_counter(), None
+    flags = torch.zeros(2)  # stop; start the rolled-out phase
     for step in range(p.steps):
+        if rollout and trainer.unwrapped.k == 1 and (step == switch or flags[1]):
+            X, Y = (normalise(t) for t in load_pairs(out_dir, held_out=False))  # one-cycle pairs
+            trainer.unwrapped.k, rollout_from = k, step
+            if env.rank == 0:
+                print(f"step {step:5d}  from here the loss is on {k}-step rollouts to one cycle", flush=True)
         g = generator(cfg.seed, step, "pretrain-batch")
         idx = torch.randint(len(X), (s.batch_size,), generator=g)[mine]
         x, y = X[idx], Y[idx]
@@ -119,14 +165,21 @@ def train(out_dir: str | Path) -> dict:
         losses.append(trainer.step(x.to(cfg.device), y.to(cfg.device)))
         if env.rank == 0 and (step % 100 == 0 or step == p.steps - 1):
             print(f"step {step:5d}  loss {losses[-1]:.4f}  {time.perf_counter() - t0:7.1f} s", flush=True)
-        stop[0] = float(time.perf_counter() - t0 > 60 * p.max_minutes)
-        torch.distributed.broadcast(stop, 0)  # every rank stops at the same step
-        if stop[0]:
+        elapsed = time.perf_counter() - t0
+        flags[0] = float(elapsed > 60 * p.max_minutes)
+        # the rolled-out phase starts early enough to fit: rollout_steps steps at k× the one-step time
+        needed = k * p.rollout_steps * elapsed / (step + 1)
+        flags[1] = float(rollout and elapsed + needed > 60 * p.max_minutes)
+        torch.distributed.broadcast(flags, 0)  # every rank stops (or switches) at the same step
+        if flags[0]:
             break
     seconds = time.perf_counter() - t0
     meta = {"steps": len(losses), "seconds": seconds, "final_loss": losses[-1], "parallel": cfg.parallel.name}
-    trainer.save_weights(out_dir / "weights.pt", s, mean, std, meta)
-    summary = meta | {"ranks": env.world_size, "losses": losses, "samples": len(X)}
+    meta["rollout_from"] = rollout_from
+    s_file = OmegaConf.merge(s, {"step_hours": step_hours(cfg)})  # the file records the step
+    trainer.save_weights(out_dir / "weights.pt", s_file, mean, std, meta)
+    summary = meta | {"step_hours": step_hours(cfg), "ranks": env.world_size, "losses": losses}
+    summary["samples"] = samples
     if env.rank == 0:
         write_json(out_dir / "train.json", summary)
     torch.distributed.destroy_process_group()
@@ -145,7 +198,7 @@ def evaluate(out_dir: str | Path) -> dict:
     out_dir = Path(out_dir)
     cfg = load_config(out_dir)
     torch.set_num_threads(cfg.platform.threads_per_worker)
-    X, Y = load_pairs(out_dir, held_out=True)
+    X, Y = load_pairs(out_dir, held_out=True, every_hours=cfg.model.cycle_hours)
     vit = ViTDynamics.from_weights(out_dir / "weights.pt", cfg.model.cycle_hours * 3600, device=cfg.device)
     sqg = make_dynamics(cfg.model, device=cfg.device)
     noise = cfg.pretrain.eval_noise * torch.randn(X.shape, generator=generator(cfg.seed, 0, "pretrain-eval"))

@@ -6,7 +6,9 @@ cycles j ≤ k (every member i; normalised by the pre-training mean and std), an
 ``surrogate.finetune_steps`` AdamW steps at the constant rate ``surrogate.finetune_lr`` with global
 batches of ``surrogate.batch_size`` pairs drawn from the (seed, k, "train") stream. The optimiser
 starts afresh each cycle, so a cycle's result depends on its files alone and a resumed run equals
-an unbroken one. Writes the consolidated weights ``RUN/surrogate/NNNNNN/weights.pt``.
+an unbroken one. Writes the consolidated weights ``RUN/surrogate/NNNNNN/weights.pt``. A surrogate of
+``step_hours`` < cycle (the base file's) is trained through its k-step rollout (``Rollout``): the loss
+is on f_θ^k(analysis(j−1)) against analysis(j), k = cycle_hours / step_hours.
 
 Launched as its own job on ``parallel.ranks`` processes (``parallel.launcher``), any strategy of
 ``parallel/``: ``python -m scoreda.stages.train --run-dir RUN --cycle K``.
@@ -54,7 +56,9 @@ def train(run_dir, cycle: int) -> str:
     """Fine-tune on the replay window of ``cycle``; returns the path of the new weights."""
     from scoreda.surrogate import load_weights
     from scoreda.surrogate.distributed import discover, init_distributed
+    from scoreda.surrogate.dynamics import rollout_steps
     from scoreda.surrogate.trainer import Trainer
+    from scoreda.surrogate.vit import Rollout
 
     run = Run(run_dir)
     cfg, s = run.cfg, run.cfg.surrogate
@@ -67,14 +71,22 @@ def train(run_dir, cycle: int) -> str:
     env = discover()
     init_distributed(env, cfg.parallel.backend)
     base = weights_path(run, cycle - 1) if cycle > 1 else Path(s.checkpoint)
-    _, mean, std, _ = load_weights(base)
+    vit, mean, std, _ = load_weights(base)
+    k = rollout_steps(cfg.model.cycle_hours, vit.step_hours)  # ViT steps per cycle (the file's step)
+
+    def factory():
+        model = load_weights(base)[0].train()
+        return Rollout(model, k) if k > 1 else model
+
     window = range(max(1, cycle - s.replay + 1), cycle + 1)
     X = torch.cat([run.read(j - 1, "analysis") for j in window])
     Y = torch.cat([run.read(j, "analysis") for j in window])
     X, Y = (X - mean[:, None, None]) / std[:, None, None], (Y - mean[:, None, None]) / std[:, None, None]
-    ft = OmegaConf.merge(s, {"lr": s.finetune_lr, "min_lr": s.finetune_lr, "warmup_steps": 0})
+    ft = OmegaConf.merge(
+        s, {"lr": s.finetune_lr, "min_lr": s.finetune_lr, "warmup_steps": 0, "step_hours": vit.step_hours}
+    )
     trainer = Trainer(
-        lambda: load_weights(base)[0].train(),
+        factory,
         ft,
         cfg.parallel,
         env,
@@ -90,7 +102,7 @@ def train(run_dir, cycle: int) -> str:
         idx = torch.randint(len(X), (s.batch_size,), generator=g)[mine]
         losses.append(trainer.step(X[idx].to(cfg.device), Y[idx].to(cfg.device)))
     meta = {"cycle": cycle, "base": str(base), "losses": losses, "pairs": len(X)}
-    trainer.save_weights(out, s, mean, std, meta)
+    trainer.save_weights(out, ft, mean, std, meta)
     if env.rank == 0:
         info = {"ranks": env.world_size, "parallel": cfg.parallel.name}
         write_json(out.with_name("train.json"), meta | info)

@@ -1,12 +1,14 @@
-"""The ViT surrogate as a ``scoreda.dynamics.Dynamics``: one step is one 12-h forecast.
+"""The ViT surrogate as a ``scoreda.dynamics.Dynamics``: one step is one forecast over a cycle.
 
-    z = (x − mean) / std   (per level),   z ← f_θ(z)  n times,   x' = mean + std · z
+    z = (x − mean) / std   (per level),   z ← f_θ(z)  n·k times,   x' = mean + std · z
 
-with f_θ the ``SQGViT`` in eval mode, all members at once in slices of at most ``batch``.
+with f_θ the ``SQGViT`` in eval mode advancing ``model.step_hours`` (None: the whole cycle), k =
+cycle / step_hours, all members at once in slices of at most ``batch``.
 """
 
 from __future__ import annotations
 
+import math
 import os
 
 import torch
@@ -14,8 +16,19 @@ import torch
 from scoreda.surrogate.vit import SQGViT
 
 
+def rollout_steps(cycle_hours: float, step_hours: float | None) -> int:
+    """k = cycle_hours / step_hours, the ViT steps of one cycle (1 when step_hours is None)."""
+    if step_hours is None:
+        return 1
+    k = cycle_hours / step_hours if step_hours > 0 else 0.0
+    if k < 1 or not math.isclose(k, round(k)):
+        raise ValueError(f"surrogate.step_hours: {step_hours} h does not divide the cycle of {cycle_hours} h")
+    return round(k)
+
+
 class ViTDynamics:
-    """``step(x[M, C, H, W], n_steps)``: ``n_steps`` surrogate forecasts of ``dt = cycle_seconds`` each."""
+    """``step(x[M, C, H, W], n_steps)``: ``n_steps`` surrogate forecasts of ``dt = cycle_seconds`` each,
+    each ``rollout`` = cycle_seconds / (3600·model.step_hours) applications of the ViT."""
 
     steps_per_cycle = 1
 
@@ -36,6 +49,7 @@ class ViTDynamics:
         self.dt = float(cycle_seconds)
         self.batch = int(batch)
         self.model: SQGViT
+        self.rollout: int  # ViT applications per cycle
         self.mean: torch.Tensor
         self.std: torch.Tensor
         self._install(model, mean, std)
@@ -48,6 +62,8 @@ class ViTDynamics:
             raise ValueError(
                 f"mean/std: expected {C} values (one per level), got {mean.numel()}/{std.numel()}"
             )
+        step_hours = getattr(model, "step_hours", None)
+        self.rollout = rollout_steps(self.dt / 3600, step_hours)
         self.model = model.to(self.device).eval()
         self.mean = mean.to(self.device).view(C, 1, 1)
         self.std = std.to(self.device).view(C, 1, 1)
@@ -88,7 +104,8 @@ class ViTDynamics:
 
     @torch.no_grad()
     def step(self, x: torch.Tensor, n_steps: int = 1) -> torch.Tensor:
-        """Advance every member ``n_steps`` × 12 h; returns a new float32 tensor on ``x``'s device."""
+        """Advance every member ``n_steps`` cycles (``n_steps·rollout`` ViT steps); returns a new float32
+        tensor on ``x``'s device."""
         if x.ndim != 4 or tuple(x.shape[1:]) != self.state_shape:
             raise ValueError(
                 f"state: expected [M, {', '.join(map(str, self.state_shape))}], got {list(x.shape)}"
@@ -101,7 +118,7 @@ class ViTDynamics:
         out = torch.empty_like(z)
         for s in range(0, z.shape[0], self.batch):  # slices of up to `batch` members, each one forward
             zs = z[s : s + self.batch]
-            for _ in range(int(n_steps)):
+            for _ in range(int(n_steps) * self.rollout):
                 zs = self.model(zs)
             out[s : s + self.batch] = zs
         return (out * self.std + self.mean).to(x.device)

@@ -27,6 +27,7 @@ from scoreda.io.atomic import fsync_path, write_text
 from scoreda.seeding import stream_seed
 from scoreda.surrogate.distributed import DistEnv, init_distributed
 from scoreda.surrogate.strategies import Strategy, make_strategy
+from scoreda.surrogate.vit import Rollout
 
 COMPLETE = "COMPLETE"
 
@@ -226,6 +227,8 @@ class Trainer:
     def save_weights(self, path: str | Path, surrogate_cfg, mean, std, meta: dict | None = None) -> None:
         """Consolidated fp32 weights for inference (``scoreda.surrogate.weights``), written by rank 0."""
         state = self.full_state_dict()
+        if isinstance(self.unwrapped, Rollout):  # the file holds the plain ViT
+            state = Rollout.unwrap_state_dict(state)
         if self.rank == 0:
             from scoreda.surrogate.weights import save_weights
 

@@ -1,4 +1,5 @@
-"""The ViT surrogate of seed paper 002 (Table II): x(t) ↦ x(t + 12 h) on normalised SQG states.
+"""The ViT surrogate of seed paper 002 (Table II): x(t) ↦ x(t + Δt) on normalised SQG states (Δt =
+``surrogate.step_hours``, 12 h in the paper; a 12-h cycle is then 12 h/Δt steps, ``Rollout``).
 
 Shapes: input and output ``[B, C, H, W]`` (C levels, H = W = ``img_size``); patch P gives
 N = (H/P)·(W/P) tokens of width D (``embed_dim``).
@@ -156,7 +157,8 @@ class Block(nn.Module):
 
 
 class SQGViT(nn.Module):
-    """ViT surrogate ``forward(x[B, C, H, W]) -> [B, C, H, W]`` (normalised state at t ↦ at t + 12 h)."""
+    """ViT surrogate ``forward(x[B, C, H, W]) -> [B, C, H, W]`` (normalised state at t ↦ at t + Δt,
+    Δt = ``step_hours``, by default one 12-h cycle)."""
 
     def __init__(
         self,
@@ -194,6 +196,7 @@ class SQGViT(nn.Module):
         )
         C, P, D = channels, patch, embed_dim
         self.img_size, self.channels, self.patch = img_size, C, P
+        self.step_hours: float | None = None  # hours one forward advances (None: one model cycle)
         self.grid = img_size // P  # tokens per side
         self.num_tokens = self.grid**2
         self.level_aggregation = bool(level_aggregation)
@@ -268,8 +271,34 @@ class SQGViT(nn.Module):
         return x + y if self.residual else y
 
 
+class Rollout(nn.Module):
+    """f_θ^k: ``x[B, C, H, W]`` ↦ f_θ(… f_θ(x)) (k applications of one ViT), e.g. a 12-h forecast of a 3-h
+    step. ``blocks`` are the ViT's (the FSDP units); ``unwrap_state_dict`` gives the ViT's own names."""
+
+    def __init__(self, vit: SQGViT, k: int):
+        super().__init__()
+        if int(k) != k or k < 1:
+            raise ValueError(f"rollout: k must be a positive integer, got {k}")
+        self.vit, self.k = vit, int(k)
+
+    @property
+    def blocks(self) -> nn.ModuleList:
+        return self.vit.blocks
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for _ in range(self.k):
+            x = self.vit(x)
+        return x
+
+    @staticmethod
+    def unwrap_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """A state dict with the ``vit.`` prefix dropped (the weights file holds the plain ViT)."""
+        return {k.removeprefix("vit."): v for k, v in state.items()}
+
+
 def build_vit(cfg: Mapping, device: str | torch.device | None = None) -> SQGViT:
-    """The ``SQGViT`` of the architecture keys ``ARCH_KEYS`` of ``cfg`` (e.g. ``cfg.surrogate``), initialised
+    """The ``SQGViT`` of the architecture keys ``ARCH_KEYS`` of ``cfg`` (e.g. ``cfg.surrogate``; its
+    ``step_hours``, where present, becomes ``model.step_hours``), initialised
     once on ``device`` (default: torch's default device): the layers are made on the meta device, then
     allocated and given ``reset_parameters`` — no second pass of torch's default inits. The weights are a
     function of the RNG state of ``device`` (``torch.manual_seed`` before the call)."""
@@ -279,6 +308,7 @@ def build_vit(cfg: Mapping, device: str | torch.device | None = None) -> SQGViT:
     if device.type != "meta":
         model.to_empty(device=device)
         model.reset_parameters()
+    model.step_hours = None if cfg.get("step_hours") is None else float(cfg["step_hours"])
     return model
 
 

@@ -6,6 +6,8 @@ One ``torch.save`` dict (loadable with ``weights_only=True``)::
      "surrogate": {ARCH_KEYS → int | float | bool},    # the architecture; the file defines the model
      "state_dict": {name: fp32 CPU tensor},
      "mean": Tensor[C], "std": Tensor[C],              # per-level normalisation: z = (x − mean) / std
+     "step_hours": float | None,                       # hours one forward advances (None or absent:
+                                                       # one cycle of the model that runs it)
      "meta": {...}}                                    # free-form: step, loss, cycle, config hash, …
 
 Written atomically (a file that exists is complete). Every problem is one ``ValueError`` line that
@@ -26,6 +28,7 @@ from scoreda.surrogate.vit import ARCH_KEYS, SQGViT, arch_dict
 
 WEIGHTS_FORMAT = "scoreda-vit-1"
 _TOP_KEYS = {"format", "surrogate", "state_dict", "mean", "std", "meta"}
+_OPTIONAL_KEYS = {"step_hours"}  # files written before it existed advance one cycle per forward
 
 
 def _first_line(e: BaseException) -> str:
@@ -61,6 +64,14 @@ def _norm_vector(path, name: str, value, channels: int) -> torch.Tensor:
     return t
 
 
+def _step_hours(path, value) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+        raise ValueError(f"{path}: step_hours must be a positive number or None, got {value!r}")
+    return float(value)
+
+
 def save_weights(
     path: str | os.PathLike,
     model_or_state_dict: nn.Module | Mapping[str, torch.Tensor],
@@ -69,9 +80,11 @@ def save_weights(
     std,
     meta: dict | None = None,
 ) -> Path:
-    """Write the weights file atomically; refuse non-finite weights, mean or std, or std ≤ 0."""
+    """Write the weights file atomically; refuse non-finite weights, mean or std, or std ≤ 0. The step
+    is ``surrogate_cfg["step_hours"]`` where present (None: one cycle)."""
     path = Path(path)
     arch = arch_dict(surrogate_cfg)
+    step_hours = _step_hours(path, surrogate_cfg.get("step_hours"))
     sd = (
         model_or_state_dict.state_dict()
         if isinstance(model_or_state_dict, nn.Module)
@@ -91,6 +104,7 @@ def save_weights(
         "state_dict": state,
         "mean": _norm_vector(path, "mean", mean, arch["channels"]),
         "std": _norm_vector(path, "std", std, arch["channels"]),
+        "step_hours": step_hours,
         "meta": meta,
     }
     with atomic_output(path) as tmp:
@@ -101,7 +115,8 @@ def save_weights(
 def load_weights(
     path: str | os.PathLike, device: str | torch.device = "cpu"
 ) -> tuple[SQGViT, torch.Tensor, torch.Tensor, dict]:
-    """``(model in eval mode on device, mean[C], std[C], meta)``; the architecture comes from the file."""
+    """``(model in eval mode on device, mean[C], std[C], meta)``; the architecture and ``model.step_hours``
+    come from the file."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{path}: no such weights file")
@@ -112,8 +127,9 @@ def load_weights(
     if not isinstance(blob, dict) or blob.get("format") != WEIGHTS_FORMAT:
         got = blob.get("format") if isinstance(blob, dict) else type(blob).__name__
         raise ValueError(f"{path}: format {got!r}, expected {WEIGHTS_FORMAT!r}")
-    if set(blob) != _TOP_KEYS:
-        raise ValueError(f"{path}: keys {sorted(blob)}, expected {sorted(_TOP_KEYS)}")
+    if not _TOP_KEYS <= set(blob) <= _TOP_KEYS | _OPTIONAL_KEYS:
+        raise ValueError(f"{path}: keys {sorted(blob)}, expected {sorted(_TOP_KEYS)} (and step_hours)")
+    step_hours = _step_hours(path, blob.get("step_hours"))
     if not isinstance(blob["surrogate"], dict) or set(blob["surrogate"]) != set(ARCH_KEYS):
         raise ValueError(f"{path}: surrogate must hold exactly the architecture keys {', '.join(ARCH_KEYS)}")
     try:
@@ -144,4 +160,5 @@ def load_weights(
     std = _norm_vector(path, "std", blob["std"], arch["channels"])
     model.load_state_dict(sd, strict=True, assign=True)
     model = model.to(device).eval()
+    model.step_hours = step_hours
     return model, mean.to(device), std.to(device), blob["meta"]
