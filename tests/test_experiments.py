@@ -1,0 +1,81 @@
+"""The paper-reproduction experiments (configs/experiment/paper_fig4*.yaml, arms in configs/arm/):
+each arm composes to the setting the paper states, and each one-command multirun runs 2 cycles of
+every arm (small grid, a random tiny surrogate standing in for the pre-trained one)."""
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from scoreda.config import validate
+from scoreda.surrogate import build_vit, save_weights
+
+ROOT = Path(__file__).resolve().parents[1]
+ARMS = {
+    "paper_fig4": ("sqg_only", "vit_only", "sqg_letkf", "vit_ensf"),
+    "paper_fig4_shocks": ("sqg_only", "vit_only", "sqg_letkf", "sqg_ensf", "vit_ensf"),
+}
+SMALL = [
+    "model.N=16",
+    "members=4",
+    "cycles=2",
+    "burn_in=0",
+    "model.spinup_cycles=4",
+    "model.member_spacing_cycles=1",
+    "filter.n_steps=10",
+    "surrogate.img_size=16",
+    "surrogate.embed_dim=32",
+    "surrogate.depth=2",
+    "surrogate.heads=2",
+    "surrogate.batch_size=4",
+    "surrogate.finetune_steps=2",
+]
+
+
+def cfg_of(*overrides):
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        return compose("config", overrides=list(overrides))
+
+
+@pytest.mark.parametrize("experiment", ARMS)
+def test_arms_compose_to_the_papers_setting(experiment):
+    for arm in ARMS[experiment]:
+        c = cfg_of(f"experiment={experiment}", f"+arm={arm}")
+        assert (c.model.name, c.model.N, c.members, c.cycles) == ("sqg", 64, 20, 300)
+        assert c.observation.name == "full" and c.observation.sigma == 1.0 and c.model.cycle_hours == 12
+        assert c.run_dir == f"runs/{experiment}/{arm}"
+        assert c.shocks.fraction == (0.5 if experiment.endswith("shocks") else 0.0)
+        forecaster, filt = arm.split("_")
+        assert c.forecaster.name == ("vit" if forecaster == "vit" else "physics")
+        assert c.filter.name == {"only": "none"}.get(filt, filt)
+        assert c.surrogate.online == (arm == "vit_ensf")
+        if filt == "letkf":
+            assert (c.filter.rtps, c.filter.cutoff) == (0.3, 2000.0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("experiment", ARMS)
+def test_one_command_runs_every_arm(experiment, tmp_path):
+    weights = tmp_path / "w.pt"
+    s = validate(cfg_of(*SMALL)).surrogate
+    torch.manual_seed(0)
+    save_weights(weights, build_vit(s), s, torch.zeros(2), torch.full((2,), 5.0))
+    cmd = [sys.executable, str(ROOT / "workflows" / "cycle.py"), "-m", f"experiment={experiment}", *SMALL]
+    cmd += [f"surrogate.checkpoint={weights}", f"run_dir={tmp_path}/${{arm}}"]
+    env = {**os.environ, "WANDB_MODE": "offline", "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
+    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    for arm in ARMS[experiment]:
+        rows = list(csv.DictReader(open(tmp_path / arm / "metrics.csv")))
+        assert [int(r["cycle"]) for r in rows] == [1, 2], arm
+        for r in rows:
+            if arm.endswith("only"):  # no assimilation: the analysis is the forecast
+                assert r["rmse_analysis"] == r["rmse_forecast"]
+            else:
+                assert float(r["rmse_analysis"]) < float(r["rmse_forecast"])
+    assert (tmp_path / "vit_ensf" / "surrogate" / "000002" / "weights.pt").is_file()  # fine-tuned online
