@@ -232,6 +232,7 @@ class Root:
     device: str = "cpu"
     progress: bool = True
     experiment_name: str = "default"
+    arm: str | None = None  # the arm of a multi-arm experiment (configs/arm/, e.g. paper_fig4)
     model: Any = None
     observation: Observation = field(default_factory=Observation)
     filter: Filter = field(default_factory=Filter)
