@@ -27,7 +27,6 @@ SMALL = [
     "burn_in=0",
     "model.spinup_cycles=4",
     "model.member_spacing_cycles=1",
-    "filter.n_steps=10",
     "surrogate.img_size=16",
     "surrogate.embed_dim=32",
     "surrogate.depth=2",
