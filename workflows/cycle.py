@@ -127,7 +127,7 @@ def build_dag(cfg: DictConfig, run_dir: str, cycles: int, end_time: float | None
         fc = stage_app("forecast", run_dir, k, inputs=[f for f in (ensemble, *waits) if f is not None])
         ensemble = analysis_future(cfg, run_dir, k, inputs=[fc, truth])
         if online:  # train(k) after analysis(k) and train(k−1); overlaps forecast(k+1) when lag = 1
-            previous = [trained[k - 1]] if k > 1 else []
+            previous = [trained[k - 1]] if k - 1 in trained else []  # none: done in an earlier run
             trained[k] = train_future(cfg, run_dir, k, inputs=[ensemble, *previous])
         done = [ensemble, *([trained[k]] if online else [])]
         scores.append(stage_app("evaluate", run_dir, k, inputs=done))
