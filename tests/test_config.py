@@ -33,12 +33,15 @@ def test_config_tree_has_the_expected_groups():
 @pytest.mark.parametrize(("group", "option"), _options(), ids=[f"{g}={o}" for g, o in _options()])
 def test_every_config_composes_and_validates(group, option, tmp_path):
     extra = []
-    if (group, option) == ("forecaster", "vit"):  # needs weights; any existing file passes validation
+    if (group, option) == ("forecaster", "vit") or (group == "arm" and option.startswith("vit")):
+        # needs weights; any existing file passes validation
         (tmp_path / "w.pt").touch()
         extra = [f"surrogate.checkpoint={tmp_path / 'w.pt'}"]
     cfg = validate(_compose(f"{group}={option}", *extra))
     if group == "experiment":
         assert cfg.experiment_name == option
+    elif group == "arm":
+        assert cfg.arm == option
     else:
         assert cfg[group].name == option  # each option file names itself
     if (group, option) == ("filter", "none"):  # no EnSF keys in none.yaml: the schema fills them

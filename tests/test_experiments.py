@@ -44,7 +44,7 @@ def cfg_of(*overrides):
 @pytest.mark.parametrize("experiment", ARMS)
 def test_arms_compose_to_the_papers_setting(experiment):
     for arm in ARMS[experiment]:
-        c = cfg_of(f"experiment={experiment}", f"+arm={arm}")
+        c = cfg_of(f"experiment={experiment}", f"arm={arm}")
         assert (c.model.name, c.model.N, c.members, c.cycles) == ("sqg", 64, 20, 300)
         assert c.observation.name == "full" and c.observation.sigma == 1.0 and c.model.cycle_hours == 12
         assert c.run_dir == f"runs/{experiment}/{arm}"
