@@ -103,13 +103,13 @@ def report_app(run_dir, cycles, inputs=()):
     return report(run_dir, cycles)
 
 
-def build_dag(cfg: DictConfig, run_dir: str, cycles: int, end_time: float | None = None):
-    """Chain the futures of every cycle; returns (evaluate futures, walltime gates, report future).
+def build_dag(cfg: DictConfig, run_dir: str, cycles: int, end_time: float | None = None, done=()):
+    """Chain the futures of every cycle after ``done`` (the scores of the complete cycles 1, 2, …,
+    launched no more); returns (evaluate futures, walltime gates, report future).
 
     With an ``end_time`` (the allocation's end), forecast(k) also waits for a gate that lets cycle k
     start only if it can finish in time; a refused gate fails cycle k and everything after it.
     """
-    done = completed_cycles(run_dir, cycles)  # a resumed run starts after them, launching nothing
     scores, gates = [_resolved(s) for s in done], []
     truth = stage_app("nature", run_dir, 0) if not done else None
     ensemble = truth  # cycle 0 writes the initial ensemble too
@@ -160,10 +160,10 @@ def run(cfg: DictConfig) -> dict:
     tracker = Tracker(cfg, run_dir, group=sweep_group(cfg))
     t0 = time.perf_counter()
     end_time = allocation_end(cfg)
-    complete_before = len(list(Path(run_dir).glob("cycles/*/scores.json")))
+    done = completed_cycles(run_dir, cfg.cycles)  # a resumed run starts after them
     stop, logged = None, 0
     with parsl.load(parsl_config(cfg, run_dir, retry_handler=_no_retry_on_walltime)):
-        scores, gates, final = build_dag(cfg, run_dir, cfg.cycles, end_time)
+        scores, gates, final = build_dag(cfg, run_dir, cfg.cycles, end_time, done)
         progress = _progress(cfg)
         for fut in scores:  # log in cycle order as results arrive
             try:
@@ -179,7 +179,7 @@ def run(cfg: DictConfig) -> dict:
     parsl.clear()
     if stop:
         tracker.finish()
-        if logged <= complete_before:  # no new cycle: a resubmission would stop the same way
+        if logged <= len(done):  # no new cycle: a resubmission would stop the same way
             print(f"walltime: {stop}; no cycle fits in this allocation, ask for more time", file=sys.stderr)
             sys.exit(1)
         print(f"walltime: {stop}; run the same command to continue ({run_dir})", file=sys.stderr)

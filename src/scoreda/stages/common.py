@@ -152,12 +152,16 @@ class WalltimeStop(RuntimeError):
     """The allocation ends before the next cycle could finish; rerun the same command to continue."""
 
 
+def read_timings(run_dir: str | Path) -> list[dict]:
+    """Every ``record_time`` entry of the run: ``{"stage", "cycle", "seconds"}``, in file-name order."""
+    return [json.loads(f.read_text()) for f in sorted(Path(run_dir, "timings").glob("*.json"))]
+
+
 def recorded_cycle_seconds(run_dir: str | Path) -> float:
     """The longest cycle so far by the stage timings of ``RUN/timings/`` (forecast + analysis + train
     of one cycle; the nature run goes ahead of them), 0 when none is recorded."""
     per_cycle: dict[int, float] = {}
-    for f in Path(run_dir, "timings").glob("*.json"):
-        t = json.loads(f.read_text())
+    for t in read_timings(run_dir):
         if t["stage"] in ("forecast", "analysis", "train"):
             per_cycle[t["cycle"]] = per_cycle.get(t["cycle"], 0.0) + t["seconds"]
     return max(per_cycle.values(), default=0.0)
@@ -171,7 +175,7 @@ def walltime_gate(
     now − ``previous`` (the time the previous gate passed: a whole cycle's wall time in this
     process), and ``floor``. Returns this gate's time."""
     now = time.time()
-    if Path(run_dir, "cycles", f"{cycle:06d}", "scores.json").exists():
+    if artefact(run_dir, cycle, "scores").exists():
         return now  # done in an earlier job: its stages only check their files
     estimate = max(recorded_cycle_seconds(run_dir), now - previous if previous else 0.0, floor)
     if now + estimate + margin > end_time:

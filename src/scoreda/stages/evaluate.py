@@ -17,7 +17,7 @@ import numpy as np
 
 from scoreda import metrics, plotting
 from scoreda.io import write_text
-from scoreda.stages.common import Run, dynamics, main, write_json
+from scoreda.stages.common import Run, dynamics, main, read_timings, write_json
 from scoreda.stages.nature import read_observations, shock_std
 
 COLUMNS = ("cycle", "time_hours", *metrics.SCORE_NAMES, "shock_std")
@@ -93,8 +93,7 @@ def report(run_dir, cycles: int | None = None) -> dict:
 
 def _timings(run_dir: Path) -> dict:
     per_stage: dict[str, list[float]] = {}
-    for f in sorted((run_dir / "timings").glob("*.json")):
-        t = json.loads(f.read_text())
+    for t in read_timings(run_dir):
         per_stage.setdefault(t["stage"], []).append(t["seconds"])
     return {
         s: {"total": float(np.sum(v)), "mean": float(np.mean(v)), "count": len(v)}
