@@ -316,3 +316,37 @@ def plot_scaling(rows: list[dict], path: str | Path) -> Path:
     eff.set_title("weak-scaling efficiency t(1)/t(n)" if ensf else "throughput per device vs fewest ranks")
     ax.legend(fontsize="small")
     return _save(fig, path)
+
+
+def plot_experiment_rmse(
+    panels: dict[str, dict[str, dict[str, Any]]],
+    path: str | Path,
+    units: str = "K",
+    burn_in_hours: float = 0.0,
+) -> Path:
+    """Analysis RMSE against model time, one panel per experiment (seed 002 Fig. 4's layout).
+
+    ``panels[experiment][label] = {"hours": [T], "rmse": [T], "color": ..., "mean": float}``; log
+    y-axis shared by the panels, the first ``burn_in_hours`` (not scored) shaded.
+    """
+    fig = _new_figure((5.2 * len(panels), 3.8), layout="constrained")
+    axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)[0]
+    for ax, (name, lines) in zip(axes, panels.items(), strict=True):
+        for label, s in lines.items():
+            ax.plot(
+                _np(s["hours"]),
+                _np(s["rmse"]),
+                color=s.get("color"),
+                lw=1.0,
+                label=f"{label} ({s['mean']:.2f})",
+            )
+        if burn_in_hours > 0:
+            ax.axvspan(0, burn_in_hours, color="0.92", lw=0)
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(_PlainLogFormatter())
+        ax.set_xlabel("model time [h]")
+        ax.set_title(name)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8, title=f"time-mean analysis RMSE [{units}]", title_fontsize=8)
+    axes[0].set_ylabel(f"analysis RMSE [{units}]")
+    return _save(fig, path)
