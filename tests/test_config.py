@@ -37,6 +37,8 @@ def test_every_config_composes_and_validates(group, option, tmp_path):
         # needs weights; any existing file passes validation
         (tmp_path / "w.pt").touch()
         extra = [f"surrogate.checkpoint={tmp_path / 'w.pt'}"]
+    if (group, option) == ("observation", "velocity_stations"):  # observes channels of the QG state
+        extra = ["model=qg2l", "model.state=pv_velocity"]
     cfg = validate(_compose(f"{group}={option}", *extra))
     if group == "experiment":
         assert cfg.experiment_name == option

@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from scoreda.dynamics.lorenz96 import Lorenz96Params
+from scoreda.dynamics.qg2l import CHANNELS as QG2L_CHANNELS
 from scoreda.dynamics.qg2l import QG2LParams
 from scoreda.dynamics.sqg import SQGParams
 
@@ -59,6 +60,7 @@ class Observation:
     every: int = 1
     n_stations: int = 0
     transform: str = "linear"  # linear | arctan
+    channels: list[int] | None = None  # observed state channels (levels); None: all
 
 
 @dataclass
@@ -320,6 +322,11 @@ def _check_values(c: DictConfig) -> None:
         )
     if m.name == "qg2l":
         _check(m.nx >= 4 and m.nx % 2 == 0, "model.nx", f"must be an even number ≥ 4, got {m.nx}")
+        _check(
+            m.state in QG2L_CHANNELS,
+            "model.state",
+            f"expected {' or '.join(QG2L_CHANNELS)}, got {m.state!r}",
+        )
     grid = state_shape(m)
     o = c.observation
     _check(
@@ -345,6 +352,13 @@ def _check_values(c: DictConfig) -> None:
             0 < o.n_stations <= grid[1] * grid[2],
             "observation.n_stations",
             f"must be in 1..{grid[1] * grid[2]}, got {o.n_stations}",
+        )
+    if o.channels is not None:
+        ch = list(o.channels)
+        _check(
+            len(ch) > 0 and len(set(ch)) == len(ch) and all(0 <= k < grid[0] for k in ch),
+            "observation.channels",
+            f"expected distinct channel indices in 0..{grid[0] - 1} (null: all), got {ch}",
         )
     f = c.filter
     _check(
@@ -573,7 +587,7 @@ def state_shape(model_cfg) -> tuple[int, int, int]:
         return (2, model_cfg.N, model_cfg.N)
     if model_cfg.name == "lorenz96":
         return (1, 1, model_cfg.size)
-    return (2, model_cfg.nx, model_cfg.nx)
+    return (len(QG2L_CHANNELS[model_cfg.get("state", "pv")][0]), model_cfg.nx, model_cfg.nx)
 
 
 def science_keys(cfg: DictConfig) -> dict:
@@ -584,6 +598,11 @@ def science_keys(cfg: DictConfig) -> dict:
     """
     c = OmegaConf.to_container(cfg, resolve=True)
     c["filter"] = {k: v for k, v in c["filter"].items() if k not in ("ranks", "shard")}  # same numbers
+    # keys added after runs existed, left out at their defaults so that those runs keep their hash
+    if c["model"].get("state") == "pv":
+        del c["model"]["state"]
+    if c["observation"].get("channels", 0) is None:
+        del c["observation"]["channels"]
     keys = ["seed", "members", "model", "observation", "filter", "shocks", "forecaster"]
     if c["forecaster"]["name"] == "vit":  # the surrogate's numbers; not how many ranks train it
         keys += ["surrogate", "parallel"]

@@ -1,7 +1,11 @@
 """Two-layer quasi-geostrophic model (pyqg ``QGModel``) behind the ``Dynamics`` protocol.
 
-State: potential-vorticity anomaly q [1/s] of the upper and lower layer, tensor ``[M, 2, ny, nx]``
-(float32; pyqg works in float64), doubly periodic domain L × W. With F1 = rd⁻²/(1+δ),
+State (``state``): ``pv`` — the potential-vorticity anomaly q [1/s] of the upper and lower layer,
+tensor ``[M, 2, ny, nx]``; ``pv_velocity`` — seed 003's x = (q¹, u¹, v¹, q², u², v²), ``[M, 6, ny, nx]``
+(q [1/s], u, v [m/s]: pyqg's anomaly velocities, without the background U1, U2). Float32; pyqg
+works in float64; doubly periodic domain L × W. Only q is prognostic: with ``pv_velocity`` a step
+advances the q channels and recomputes (u, v) = (−∂ψ/∂y, ∂ψ/∂x) from the new q, so whatever the
+u, v channels held before (an analysis, say) is discarded. With F1 = rd⁻²/(1+δ),
 F2 = δ F1, δ = H1/H2, the streamfunction follows from
 
     q1 = ∇²ψ1 + F1 (ψ2 − ψ1),        q2 = ∇²ψ2 + F2 (ψ1 − ψ2),
@@ -52,13 +56,23 @@ class QG2LParams:
     dt: float = 900.0
     cycle_hours: float = 12.0
     ntd: int = 1
+    state: str = "pv"  # pv: (q1, q2) | pv_velocity: (q1, u1, v1, q2, u2, v2), seed 003's state
 
     def pyqg_kwargs(self) -> dict:
         """Keyword arguments of ``pyqg.QGModel`` for this setup (square domain, nx = ny)."""
         kw = asdict(self)
         kw.pop("cycle_hours")
+        kw.pop("state")
         kw["nx"], kw["ntd"] = int(kw["nx"]), int(kw["ntd"])
         return kw
+
+
+#: channel names and units of each ``state``; PV_CHANNELS: where (q1, q2) sit in it
+CHANNELS = {
+    "pv": (("q1", "q2"), ("1/s", "1/s")),
+    "pv_velocity": (("q1", "u1", "v1", "q2", "u2", "v2"), ("1/s", "m/s", "m/s", "1/s", "m/s", "m/s")),
+}
+PV_CHANNELS = {"pv": (0, 1), "pv_velocity": (0, 3)}
 
 
 def build_pyqg_model(params: QG2LParams):
@@ -89,7 +103,8 @@ def build_pyqg_model(params: QG2LParams):
 
 
 class TwoLayerQG:
-    """pyqg two-layer QG model; ``step(q[M, 2, nx, nx], n_steps)``. CPU only; loops over members.
+    """pyqg two-layer QG model; ``step(x[M, C, nx, nx], n_steps)`` with C = 2 (``state=pv``) or 6
+    (``state=pv_velocity``). CPU only; loops over members.
 
     One ``pyqg.QGModel`` instance is reused: for each member its PV is set, the Adams–Bashforth
     history is cleared (the next step is forward Euler, as in a freshly built model) and pyqg's own
@@ -109,9 +124,13 @@ class TwoLayerQG:
         steps = p.cycle_hours * 3600.0 / p.dt
         if round(steps) < 1 or abs(steps - round(steps)) > 1e-9 * max(1.0, steps):
             raise ValueError(f"model.dt: {p.dt} s does not divide model.cycle_hours={p.cycle_hours} h")
+        if p.state not in CHANNELS:
+            raise ValueError(f"model.state: expected pv or pv_velocity, got {p.state!r}")
         self.p = p
         self.dt = float(p.dt)
-        self.state_shape = (2, int(p.nx), int(p.nx))
+        self.channel_names, self.channel_units = CHANNELS[p.state]
+        self._pv = list(PV_CHANNELS[p.state])
+        self.state_shape = (len(self.channel_names), int(p.nx), int(p.nx))
         self.steps_per_cycle = int(round(steps))
         self._m = build_pyqg_model(p)
 
@@ -128,9 +147,17 @@ class TwoLayerQG:
 
     # ---------------------------------------------------------------- helpers
     def _as_numpy(self, x: torch.Tensor) -> np.ndarray:
+        """PV [M, 2, ny, nx] (float64 numpy) of a state [M, C, ny, nx]."""
         if tuple(x.shape[-3:]) != self.state_shape or x.dim() != 4:
             raise ValueError(f"TwoLayerQG: expected [M, {self.state_shape}], got {tuple(x.shape)}")
-        return x.detach().to("cpu", torch.float64).numpy()
+        return np.ascontiguousarray(x[:, self._pv].detach().to("cpu", torch.float64).numpy())
+
+    def _assemble(self, q: np.ndarray, u: np.ndarray | None, v: np.ndarray | None) -> torch.Tensor:
+        """The state [M, C, ny, nx] float32 from PV and (``pv_velocity``) velocities [M, 2, ny, nx]."""
+        if self.p.state == "pv":
+            return torch.from_numpy(q.astype(np.float32))
+        x = np.stack([q[:, 0], u[:, 0], v[:, 0], q[:, 1], u[:, 1], v[:, 1]], axis=1)
+        return torch.from_numpy(x.astype(np.float32))
 
     def _load(self, q: np.ndarray) -> None:
         """Set one member's PV and reset the time scheme so nothing of the previous member remains."""
@@ -143,20 +170,30 @@ class TwoLayerQG:
     # ------------------------------------------------------------------ model
     @torch.no_grad()
     def step(self, x: torch.Tensor, n_steps: int = 1) -> torch.Tensor:
-        """Advance PV ``x[M, 2, ny, nx]`` [1/s] by ``n_steps`` steps of ``dt`` s; new CPU float32 tensor."""
+        """Advance ``x[M, C, ny, nx]`` by ``n_steps`` steps of ``dt`` s; new CPU float32 tensor.
+
+        The PV channels are stepped by pyqg; with ``pv_velocity`` the u, v channels are those of the
+        new PV (one inversion after the last step: pyqg's own u, v lag one step behind its q).
+        """
         q = self._as_numpy(x)
         out = np.empty_like(q)
+        vel = self.p.state == "pv_velocity"
+        u, v = (np.empty_like(q), np.empty_like(q)) if vel else (None, None)
         m = self._m
         for i in range(q.shape[0]):
             self._load(q[i])
             for _ in range(n_steps):
                 m._step_forward()
             out[i] = m.q
-        return torch.from_numpy(out.astype(np.float32))
+            if vel:
+                m._invert()
+                u[i], v[i] = m.u, m.v
+        return self._assemble(out, u, v)
 
     @torch.no_grad()
     def velocity(self, x: torch.Tensor, full: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """Geostrophic (u, v) = (−∂ψ/∂y, ∂ψ/∂x) [m/s] of each layer, each ``[M, 2, ny, nx]`` float32.
+        """Geostrophic (u, v) = (−∂ψ/∂y, ∂ψ/∂x) [m/s] of each layer, each ``[M, 2, ny, nx]`` float32,
+        from the PV channels of the state ``x[M, C, ny, nx]`` (u, v channels, if any, are ignored).
 
         These are pyqg's ``u, v`` (anomalies, as in the seed paper's state); ``full=True`` adds the
         background zonal flow (U1, U2) to u.
@@ -172,9 +209,10 @@ class TwoLayerQG:
         return torch.from_numpy(u.astype(np.float32)), torch.from_numpy(v.astype(np.float32))
 
     def initial_state(self, generator: torch.Generator, batch: int = 1) -> torch.Tensor:
-        """Small random PV like pyqg's own start, ``[batch, 2, ny, nx]`` on the CPU (float32).
+        """Small random PV like pyqg's own start, ``[batch, C, ny, nx]`` on the CPU (float32).
 
-        Upper layer 1e-7·U(0,1) noise plus 1e-6·U(0,1) stripes that vary in x only; lower layer zero.
+        Upper layer 1e-7·U(0,1) noise plus 1e-6·U(0,1) stripes that vary in x only; lower layer zero;
+        with ``pv_velocity`` the velocities of that PV (the same random draws as ``pv``).
         Baroclinic instability of the mean shear grows from it; spin up for several model years
         (the seed paper used 5) before using the state. At 64² the statistics level off after about
         3 years: spatial std of q ≈ 8e-6 s⁻¹ (upper) and 1.1e-6 s⁻¹ (lower), of u ≈ 0.046 and
@@ -184,4 +222,11 @@ class TwoLayerQG:
         noise = torch.rand((batch, ny, nx), generator=generator, dtype=torch.float64)
         stripes = torch.rand((batch, 1, nx), generator=generator, dtype=torch.float64)
         q1 = 1e-7 * noise + 1e-6 * stripes.expand(batch, ny, nx)
-        return torch.stack([q1, torch.zeros_like(q1)], dim=1).to(torch.float32)
+        q = torch.stack([q1, torch.zeros_like(q1)], dim=1).to(torch.float32)
+        if self.p.state == "pv":
+            return q
+        qn = q.double().numpy()
+        x = torch.zeros((batch, *self.state_shape), dtype=torch.float32)
+        x[:, self._pv] = q
+        u, v = self.velocity(x)
+        return self._assemble(qn, u.double().numpy(), v.double().numpy())

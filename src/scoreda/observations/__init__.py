@@ -1,7 +1,8 @@
 """Observation operators y = h(x) + ε, ε ~ N(0, σo² I), on flattened states x [M, d].
 
 Every operator here selects observed entries of the state (all of them, every k-th grid point, or
-random stations fixed from the seed) and applies an elementwise transform g (identity or arctan):
+random stations fixed from the seed; on all channels or on the listed ones, e.g. the velocities
+of the two-layer QG state) and applies an elementwise transform g (identity or arctan):
 
     h(x) = g(x[idx]),   log p(y|x) = −½ ‖(y − h(x)) / σo‖²  (+ const)
     ∇x log p(y|x) = Hᵀ [g'(x[idx]) (y − g(x[idx])) / σo²]          (autograd for nonlinear g)
@@ -13,7 +14,7 @@ EnSF uses it to treat the likelihood term semi-implicitly.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -123,14 +124,23 @@ def observed_indices(
     every: int = 1,
     n_stations: int = 0,
     generator: torch.Generator | None = None,
+    channels: Sequence[int] | None = None,
 ) -> torch.Tensor:
-    """Flat indices into a [C, H, W] state for ``identity``, ``subsample`` or ``stations``.
+    """Flat indices into a [C, H, W] state for ``identity``, ``subsample`` or ``stations``, sorted.
 
-    ``subsample`` keeps every ``every``-th point along y and x on all levels; ``stations`` draws
-    ``n_stations`` distinct horizontal positions (from ``generator``) observed on all levels.
+    ``subsample`` keeps every ``every``-th point along y and x; ``stations`` draws ``n_stations``
+    distinct horizontal positions (from ``generator``). Every kind observes the listed ``channels``
+    (levels) at each kept position, all C when None: p = len(channels) × positions.
     """
     C, H, W = state_shape
     flat = torch.arange(C * H * W).reshape(C, H, W)
+    if channels is not None:
+        ch = [int(k) for k in channels]
+        if not ch or len(set(ch)) != len(ch) or not all(0 <= k < C for k in ch):
+            raise ValueError(
+                f"observation.channels: expected distinct channel indices in 0..{C - 1} (null: all), got {ch}"
+            )
+        flat = flat[sorted(ch)]
     if kind == "identity":
         return flat.reshape(-1)
     if kind == "subsample":  # axes of size 1 (Lorenz-96) are not subsampled
@@ -142,20 +152,22 @@ def observed_indices(
         if not 0 < n_stations <= H * W:
             raise ValueError(f"observation.n_stations: must be in 1..{H * W}, got {n_stations}")
         pos = torch.randperm(H * W, generator=generator)[:n_stations].sort().values
-        return flat.reshape(C, H * W)[:, pos].reshape(-1)
+        return flat.reshape(len(flat), H * W)[:, pos].reshape(-1)
     raise ValueError(f"observation.kind: unknown {kind!r} (expected identity, subsample or stations)")
 
 
 def make_observation_operator(
     obs_cfg, state_shape: tuple[int, int, int], generator: torch.Generator | None = None
 ) -> PointObservation:
-    """Build the operator of ``obs_cfg`` (keys kind, sigma, every, n_stations, transform)."""
+    """Build the operator of ``obs_cfg`` (keys kind, sigma, every, n_stations, transform, channels)."""
+    channels = obs_cfg.get("channels")
     idx = observed_indices(
         obs_cfg["kind"],
         state_shape,
         every=int(obs_cfg.get("every", 1)),
         n_stations=int(obs_cfg.get("n_stations", 0)),
         generator=generator,
+        channels=None if channels is None else list(channels),
     )
     d = math.prod(state_shape)
     return PointObservation(
