@@ -21,6 +21,7 @@ import scoringrules as sr
 
 __all__ = [
     "SCORE_NAMES",
+    "channel_scores",
     "crps",
     "error_spectrum",
     "isotropic_spectrum",
@@ -239,4 +240,18 @@ def scores(forecast: Any, analysis: Any, truth: Any) -> dict[str, float]:
         out[f"rmse_{name}"] = rmse(ens, truth)
         out[f"spread_{name}"] = spread(ens)
         out[f"crps_{name}"] = crps(ens, truth)
+    return out
+
+
+def channel_scores(forecast: Any, analysis: Any, truth: Any, names: tuple[str, ...]) -> dict[str, float]:
+    """:func:`scores` of each channel (level) c on its own: keys ``<score>_<names[c]>``, e.g.
+    ``rmse_analysis_u1`` = sqrt( mean_{y,x} (xbar[c] − truth[c])² ). ``forecast``, ``analysis``
+    ``[M, C, H, W]``, truth ``[C, H, W]`` or ``[1, C, H, W]``; ``len(names) == C``."""
+    f, a = _as_np(forecast), _as_np(analysis)
+    _, t = _ens_truth(f, truth)
+    if len(names) != f.shape[1]:
+        raise ValueError(f"{len(names)} channel names for {f.shape[1]} channels")
+    out: dict[str, float] = {}
+    for c, name in enumerate(names):
+        out |= {f"{k}_{name}": v for k, v in scores(f[:, c], a[:, c], t[c]).items()}
     return out

@@ -4,6 +4,13 @@
 after ``burn_in``, spread–skill ratios, wall times per stage) and the PNGs in ``plots/``:
 RMSE/spread against time, spread–skill, rank histogram, time-mean error and spread spectra (2-D
 models), fields and kinetic-energy spectra of the last cycle.
+
+Channels. A model that names its state channels (``channel_names``, ``channel_units``: the
+two-layer QG) gets every score per channel as well (``rmse_analysis_u1``, … in metrics.csv,
+``mean_rmse_analysis_u1``, … in summary.json, ``plots/rmse_spread_<name>.png``), and its
+un-suffixed headline scores, rank histogram and spectra are over the channels in ``model.units``
+only (qg2l ``pv_velocity``: the PV q1, q2 [1/s]; the velocities [m/s] are not pooled with them).
+Models without channel names (SQG, Lorenz-96) are scored over all levels, as before.
 """
 
 from __future__ import annotations
@@ -28,6 +35,29 @@ def _square(run: Run) -> bool:
     return run.shape[1] == run.shape[2] > 1
 
 
+def channels(run: Run) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
+    """(names, units) of the state's channels when the model names them, else None."""
+    model = dynamics(run)
+    names = getattr(model, "channel_names", None)
+    return None if names is None else (tuple(names), tuple(model.channel_units))
+
+
+def headline(run: Run) -> list[int] | None:
+    """Channels of the un-suffixed scores: those in ``model.units`` (None: all channels)."""
+    info = channels(run)
+    if info is None:
+        return None
+    sel = [c for c, u in enumerate(info[1]) if u == run.cfg.model.units]
+    return None if len(sel) in (0, len(info[1])) else sel
+
+
+def columns(run: Run) -> tuple[str, ...]:
+    """Columns of metrics.csv: COLUMNS, then ``<score>_<channel>`` for named channels."""
+    info = channels(run)
+    names = () if info is None else info[0]
+    return COLUMNS + tuple(f"{k}_{n}" for n in names for k in metrics.SCORE_NAMES)
+
+
 def evaluate(run_dir, cycle: int) -> dict:
     """Scores of ``cycle`` (RMSE of the ensemble mean, spread, CRPS, rank histogram); cached as JSON."""
     run = Run(run_dir)
@@ -35,12 +65,17 @@ def evaluate(run_dir, cycle: int) -> dict:
     if path.is_file():
         try:
             out = json.loads(path.read_text())
-            if out.get("config_hash") == run.hash:
+            if out.get("config_hash") == run.hash and all(c in out for c in columns(run)):
                 return out
         except ValueError:
             pass
     truth, fc, an = run.read(cycle, "truth"), run.read(cycle, "forecast"), run.read(cycle, "analysis")
     out = {"cycle": cycle, "time_hours": cycle * run.cfg.model.cycle_hours, "config_hash": run.hash}
+    info, sel = channels(run), headline(run)
+    if info is not None:
+        out |= metrics.channel_scores(fc, an, truth, info[0])
+    if sel is not None:  # the headline channels only
+        truth, fc, an = truth[:, sel], fc[:, sel], an[:, sel]
     out |= metrics.scores(fc, an, truth)
     out["shock_std"] = shock_std(run.cfg, cycle)
     out["rank_histogram"] = metrics.rank_histogram(an, truth, np.random.default_rng(cycle)).tolist()
@@ -59,13 +94,15 @@ def report(run_dir, cycles: int | None = None) -> dict:
     cfg = run.cfg
     n = cycles or cfg.cycles
     rows = [evaluate(run.dir, k) for k in range(1, n + 1)]
+    cols = columns(run)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(COLUMNS)
-    w.writerows([[r[c] for c in COLUMNS] for r in rows])
+    w.writerow(cols)
+    w.writerows([[r[c] for c in cols] for r in rows])
     write_text(run.dir / "metrics.csv", buf.getvalue())
     after = [r for r in rows if r["cycle"] > cfg.burn_in]
-    summary = {f"mean_{c}": float(np.mean([r[c] for r in after])) for c in metrics.SCORE_NAMES}
+    scored = [c for c in cols if c not in ("cycle", "time_hours", "shock_std")]
+    summary = {f"mean_{c}": float(np.mean([r[c] for r in after])) for c in scored}
     for kind in ("forecast", "analysis"):  # √(mean spread² / mean squared error) over the scored cycles
         mse = np.mean([r[f"rmse_{kind}"] ** 2 for r in after])
         var = np.mean([r[f"spread_{kind}"] ** 2 for r in after])
@@ -86,6 +123,13 @@ def report(run_dir, cycles: int | None = None) -> dict:
     }
     if _square(run):
         summary |= {q: np.mean([r[q] for r in after], axis=0).tolist() for q in SPECTRA}
+    if (info := channels(run)) is not None:
+        sel = headline(run) or range(len(info[0]))
+        summary |= {
+            "channels": list(info[0]),
+            "channel_units": list(info[1]),
+            "headline_channels": [info[0][c] for c in sel],
+        }
     write_json(run.dir / "summary.json", summary)
     _plots(run, rows, summary, n)
     return summary
@@ -101,12 +145,27 @@ def _timings(run_dir: Path) -> dict:
     }
 
 
+def _observed_channels(run: Run) -> list[int]:
+    ch = run.cfg.observation.channels
+    return list(range(run.shape[0])) if ch is None else list(ch)
+
+
 def _plots(run: Run, rows: list[dict], summary: dict, n: int) -> None:
     cfg, plots = run.cfg, run.dir / "plots"
-    table = {c: np.array([r[c] for r in rows]) for c in COLUMNS}
-    table["obs_error"] = cfg.observation.sigma if cfg.observation.transform == "linear" else None
+    table = {c: np.array([r[c] for r in rows]) for c in columns(run)}
+    info, sel = channels(run), headline(run)
+    linear, observed = cfg.observation.transform == "linear", _observed_channels(run)
+    same_units = sel is None or set(observed) <= set(sel)  # σo is in the headline's units
+    table["obs_error"] = cfg.observation.sigma if linear and same_units else None
     title = f"{cfg.experiment_name}: {cfg.model.name}, {cfg.filter.name}, {cfg.members} members"
-    plotting.plot_scores(table, plots / "rmse_spread.png", title=title, units=cfg.model.units)
+    head = "" if sel is None else f" ({', '.join(info[0][c] for c in sel)})"
+    plotting.plot_scores(table, plots / "rmse_spread.png", title=title + head, units=cfg.model.units)
+    for c, name in enumerate(info[0] if info is not None else ()):
+        ct = {k: table[f"{k}_{name}"] for k in metrics.SCORE_NAMES} | {"time_hours": table["time_hours"]}
+        ct["obs_error"] = cfg.observation.sigma if linear and c in observed else None
+        plotting.plot_scores(
+            ct, plots / f"rmse_spread_{name}.png", title=f"{title}: {name}", units=info[1][c]
+        )
     plotting.plot_spread_skill(
         {c: table[c][cfg.burn_in :] for c in metrics.SCORE_NAMES},
         plots / "spread_skill.png",
@@ -136,13 +195,16 @@ def _plots(run: Run, rows: list[dict], summary: dict, n: int) -> None:
         fields["observation"] = obs_grid
     fields |= {"forecast mean": fc.mean(0).numpy(), "analysis mean": an.mean(0).numpy()}
     if run.shape[1] > 1:  # 2-D models
-        plotting.plot_fields(
-            fields,
-            plots / "fields.png",
-            units=cfg.model.units,
-            level_names=("z=0", "z=H") if cfg.model.name == "sqg" else ("upper", "lower"),
-            title=f"cycle {n} (t = {n * cfg.model.cycle_hours:g} h)",
-        )
+        time = f"cycle {n} (t = {n * cfg.model.cycle_hours:g} h)"
+        if info is None:
+            names = ("z=0", "z=H") if cfg.model.name == "sqg" else ("upper", "lower")
+            plotting.plot_fields(fields, plots / "fields.png", names, cfg.model.units, time)
+        else:  # one figure per unit: fields.png (model.units), fields_<unit>.png (the others)
+            for unit in dict.fromkeys(info[1]):
+                ch = [c for c, u in enumerate(info[1]) if u == unit]
+                part = {k: v[ch] for k, v in fields.items() if k != "observation" or set(ch) & set(observed)}
+                name = "fields" if unit == cfg.model.units else "fields_" + unit.replace("/", "_per_")
+                plotting.plot_fields(part, plots / f"{name}.png", [info[0][c] for c in ch], unit, time)
         model = dynamics(run)
         if hasattr(model, "velocity"):
             spectra = {}
@@ -165,6 +227,14 @@ def _error_ke(model, an, truth, cfg):
 def summary_lines(summary: dict) -> list[tuple[str, str]]:
     """(label, value) rows of the end-of-run table."""
     u = "" if summary["units"] in ("", "1") else summary["units"]
+    per_channel = [
+        (
+            f"analysis RMSE / spread {name}",
+            f"{summary[f'mean_rmse_analysis_{name}']:.4g}"
+            f" / {summary[f'mean_spread_analysis_{name}']:.4g} {unit}",
+        )
+        for name, unit in zip(summary.get("channels", ()), summary.get("channel_units", ()), strict=True)
+    ]
     return [
         ("scored cycles", summary["scored_cycles"]),
         ("analysis RMSE", f"{summary['mean_rmse_analysis']:.4g} {u}".rstrip()),
@@ -174,6 +244,7 @@ def summary_lines(summary: dict) -> list[tuple[str, str]]:
         ("analysis CRPS", f"{summary['mean_crps_analysis']:.4g} {u}".rstrip()),
         ("observation error σo", f"{summary['obs_sigma']:g}"),
         ("analysis < forecast every cycle", str(summary["analysis_below_forecast_every_cycle"])),
+        *per_channel,
     ]
 
 
