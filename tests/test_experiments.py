@@ -3,6 +3,7 @@ each arm composes to the setting the paper states, and each one-command multirun
 every arm (small grid, a random tiny surrogate standing in for the pre-trained one)."""
 
 import csv
+import math
 import os
 import subprocess
 import sys
@@ -19,6 +20,12 @@ ROOT = Path(__file__).resolve().parents[1]
 ARMS = {
     "paper_fig4": ("sqg_only", "vit_only", "sqg_letkf", "vit_ensf"),
     "paper_fig4_shocks": ("sqg_only", "vit_only", "sqg_letkf", "sqg_ensf", "vit_ensf"),
+    "paper_fig4_arctan": ("sqg_only", "vit_only", "sqg_letkf", "vit_ensf"),
+    "paper_fig4_every4": ("sqg_only", "vit_only", "sqg_letkf", "vit_ensf"),
+}
+OBSERVATION = {  # (name, sigma, every) of each experiment's observations
+    "paper_fig4_arctan": ("arctan", 0.05, 1),
+    "paper_fig4_every4": ("subsample", 1.0, 4),
 }
 SMALL = [
     "model.N=16",
@@ -46,7 +53,8 @@ def test_arms_compose_to_the_papers_setting(experiment):
     for arm in ARMS[experiment]:
         c = cfg_of(f"experiment={experiment}", f"arm={arm}")
         assert (c.model.name, c.model.N, c.members, c.cycles) == ("sqg", 64, 20, 300)
-        assert c.observation.name == "full" and c.observation.sigma == 1.0 and c.model.cycle_hours == 12
+        obs = (c.observation.name, c.observation.sigma, c.observation.every)
+        assert obs == OBSERVATION.get(experiment, ("full", 1.0, 1)) and c.model.cycle_hours == 12
         assert c.run_dir == f"runs/{experiment}/{arm}"
         assert c.shocks.fraction == (0.5 if experiment.endswith("shocks") else 0.0)
         forecaster, filt = arm.split("_")
@@ -75,6 +83,9 @@ def test_one_command_runs_every_arm(experiment, tmp_path):
         for r in rows:
             if arm.endswith("only"):  # no assimilation: the analysis is the forecast
                 assert r["rmse_analysis"] == r["rmse_forecast"]
+            elif experiment == "paper_fig4_arctan":
+                # 4 members, 2 cycles and σo = 0.05 rad: the update is noisy here (skill: docs/results.md)
+                assert math.isfinite(float(r["rmse_analysis"])) and r["rmse_analysis"] != r["rmse_forecast"]
             else:
-                assert float(r["rmse_analysis"]) < float(r["rmse_forecast"])
+                assert float(r["rmse_analysis"]) < float(r["rmse_forecast"]), (arm, r)
     assert (tmp_path / "vit_ensf" / "surrogate" / "000002" / "weights.pt").is_file()  # fine-tuned online
