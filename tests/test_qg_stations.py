@@ -196,7 +196,12 @@ SMALL = [
 @pytest.mark.slow
 def test_two_cycles_with_both_filters(tmp_path):
     cmd = [sys.executable, str(ROOT / "workflows" / "cycle.py"), "-m", "experiment=qg_stations"]
-    cmd += ["filter=ensf,letkf", *SMALL, f"run_dir={tmp_path}/${{filter.name}}"]
+    cmd += [
+        "filter=ensf,letkf",
+        *SMALL,
+        f"run_dir={tmp_path}/${{filter.name}}",
+        f"hydra.sweep.dir={tmp_path}",
+    ]
     env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
     out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
