@@ -343,7 +343,8 @@ def plot_experiment_rmse(
         if burn_in_hours > 0:
             ax.axvspan(0, burn_in_hours, color="0.92", lw=0)
         ax.set_yscale("log")
-        ax.yaxis.set_major_formatter(_PlainLogFormatter())
+        ax.yaxis.set_major_formatter(_PlainLogFormatter(labelOnlyBase=False))
+        ax.yaxis.set_minor_formatter(_PlainLogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
         ax.set_xlabel("model time [h]")
         ax.set_title(name)
         ax.grid(alpha=0.3, which="both")
