@@ -23,13 +23,16 @@ import numpy as np
 from scoreda.io.atomic import write_text
 from scoreda.plotting import plot_experiment_rmse
 
-ARM_ORDER = ("sqg_only", "vit_only", "sqg_letkf", "sqg_ensf", "vit_ensf")
+ARM_ORDER = ("sqg_only", "vit_only", "sqg_letkf", "sqg_ensf", "vit_ensf", "none", "letkf", "ensf")
 ARM_STYLE = {  # label, colour
     "sqg_only": ("SQG only", "0.45"),
     "vit_only": ("ViT only", "tab:purple"),
     "sqg_letkf": ("SQG + LETKF", "tab:blue"),
     "sqg_ensf": ("SQG + EnSF", "tab:green"),
     "vit_ensf": ("ViT + EnSF", "tab:red"),
+    "none": ("no assimilation", "0.45"),  # experiments swept over filter= (run_dir .../${filter.name})
+    "letkf": ("LETKF", "tab:blue"),
+    "ensf": ("EnSF", "tab:green"),
 }
 # The authors' published result files (time-mean analysis RMSE, K), as issue 6 quotes them.
 REFERENCE = {
@@ -72,9 +75,14 @@ def verdict(key: tuple[str, str], rmse: float, arms: dict[str, dict]) -> str:
     return "; ".join(out)
 
 
+def num(v: float) -> str:
+    """Three decimals in the usual range, three significant digits outside it (QG's PV in 1/s)."""
+    return f"{v:.3f}" if 1e-2 <= abs(v) < 1e4 else f"{v:.3g}"
+
+
 def table(experiments: dict[str, dict[str, dict]]) -> tuple[str, list[dict]]:
     cols = (
-        "experiment", "arm", "cycles", "analysis RMSE", "analysis spread", "analysis CRPS",
+        "experiment", "arm", "units", "cycles", "analysis RMSE", "analysis spread", "analysis CRPS",
         "forecast RMSE", "authors", "target", "s per cycle",
     )  # fmt: skip
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
@@ -99,10 +107,9 @@ def table(experiments: dict[str, dict[str, dict]]) -> tuple[str, list[dict]]:
             }
             records.append(rec)
             cells = [
-                name, ARM_STYLE.get(arm, (arm,))[0], rec["scored_cycles"],
-                f"**{rec['rmse_analysis']:.3f}**", f"{rec['spread_analysis']:.3f}",
-                f"{rec['crps_analysis']:.3f}",
-                f"{rec['rmse_forecast']:.3f}", "—" if ref is None else f"{ref:.3g}", rec["target"] or "—",
+                name, ARM_STYLE.get(arm, (arm,))[0], s["units"], rec["scored_cycles"],
+                f"**{num(rec['rmse_analysis'])}**", num(rec["spread_analysis"]), num(rec["crps_analysis"]),
+                num(rec["rmse_forecast"]), "—" if ref is None else f"{ref:.3g}", rec["target"] or "—",
                 f"{rec['seconds_per_cycle']:.1f}",
             ]  # fmt: skip
             lines.append("| " + " | ".join(str(c) for c in cells) + " |")
