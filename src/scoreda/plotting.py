@@ -338,7 +338,7 @@ def plot_experiment_rmse(
                 _np(s["rmse"]),
                 color=s.get("color"),
                 lw=1.0,
-                label=f"{label} ({s['mean']:.2f})",
+                label=f"{label} ({s['mean']:.3g})",
             )
         if burn_in_hours > 0:
             ax.axvspan(0, burn_in_hours, color="0.92", lw=0)
