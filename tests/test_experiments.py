@@ -89,3 +89,13 @@ def test_one_command_runs_every_arm(experiment, tmp_path):
             else:
                 assert float(r["rmse_analysis"]) < float(r["rmse_forecast"]), (arm, r)
     assert (tmp_path / "vit_ensf" / "surrogate" / "000002" / "weights.pt").is_file()  # fine-tuned online
+    # the figure and table of docs/results.md from the arms' summaries
+    fig = tmp_path / "fig4.png"
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "paper_results.py"), str(tmp_path), "--out", str(fig)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    table = fig.with_suffix(".md").read_text().splitlines()
+    rows = [line for line in table if line.startswith(f"| {tmp_path.name} ")]
+    assert len(rows) == len(ARMS[experiment]) and fig.stat().st_size > 10_000
