@@ -155,8 +155,12 @@ def launch(spec: dict) -> dict:
     else:
         torchrun = str(Path(sys.executable).parent / "torchrun")
         cmd = [torchrun, "--standalone", f"--nproc_per_node={spec['ranks']}", *me]
-    env = {**os.environ, "OMP_NUM_THREADS": str(spec["threads"]), "DS_ACCELERATOR": os.environ.get(
-        "DS_ACCELERATOR", "cuda" if spec["gpu"] else "cpu"), "PYTHONUNBUFFERED": "1"}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": str(spec["threads"]),
+        "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cuda" if spec["gpu"] else "cpu"),
+        "PYTHONUNBUFFERED": "1",
+    }
     p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     if p.returncode != 0:
         raise SystemExit(f"bench case {spec} failed:\n{p.stderr[-3000:]}")
