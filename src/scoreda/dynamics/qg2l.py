@@ -67,12 +67,11 @@ class QG2LParams:
         return kw
 
 
-#: channel names and units of each ``state``; PV_CHANNELS: where (q1, q2) sit in it
+#: channel names and units of each ``state`` (the PV channels are those in 1/s)
 CHANNELS = {
     "pv": (("q1", "q2"), ("1/s", "1/s")),
     "pv_velocity": (("q1", "u1", "v1", "q2", "u2", "v2"), ("1/s", "m/s", "m/s", "1/s", "m/s", "m/s")),
 }
-PV_CHANNELS = {"pv": (0, 1), "pv_velocity": (0, 3)}
 
 
 def build_pyqg_model(params: QG2LParams):
@@ -129,7 +128,7 @@ class TwoLayerQG:
         self.p = p
         self.dt = float(p.dt)
         self.channel_names, self.channel_units = CHANNELS[p.state]
-        self._pv = list(PV_CHANNELS[p.state])
+        self._pv = [c for c, u in enumerate(self.channel_units) if u == "1/s"]  # q1, q2
         self.state_shape = (len(self.channel_names), int(p.nx), int(p.nx))
         self.steps_per_cycle = int(round(steps))
         self._m = build_pyqg_model(p)
