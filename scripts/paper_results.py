@@ -1,8 +1,11 @@
 """Seed 002 Fig. 4 and its table from finished ``paper_fig4*`` multiruns, for docs/results.md.
 
     python scripts/paper_results.py runs/paper_fig4 runs/paper_fig4_shocks --out docs/figures/paper_fig4.png
+    python scripts/paper_results.py runs/paper_fig4_arctan --free-from runs/paper_fig4 --out ...
 
 Each argument is one experiment (its arms are the sub-directories holding a ``summary.json``).
+``--free-from`` lends the arms without assimilation (which never see an observation) to the
+experiments that have none of their own, after checking that their truth is the same run.
 Figure: one panel per experiment, the analysis RMSE of every arm against model time (for the arms
 without assimilation the analysis is the forecast), log scale, burn-in shaded. Table (stdout, and
 ``<out>.md`` beside the PNG): time means over the scored cycles of analysis RMSE, spread and CRPS,
@@ -19,6 +22,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from omegaconf import OmegaConf
 
 from scoreda.io.atomic import write_text
 from scoreda.plotting import plot_experiment_rmse
@@ -45,6 +49,8 @@ REFERENCE = {
 # Our targets: an upper bound on the analysis RMSE (K) and, for shocks, a factor over the LETKF.
 TARGET = {("paper_fig4", "vit_ensf"): 0.8, ("paper_fig4_shocks", "sqg_ensf"): 0.9}
 LETKF_FACTOR = {("paper_fig4_shocks", "sqg_ensf"): 3.0}
+FREE_ARMS = ("sqg_only", "vit_only")
+TRUTH_KEYS = ("seed", "cycles", "burn_in", "members", "model", "shocks")  # what a free arm's scores see
 
 
 def load(experiment: Path) -> dict[str, dict]:
@@ -55,11 +61,37 @@ def load(experiment: Path) -> dict[str, dict]:
             continue
         rows = list(csv.DictReader(open(run / "metrics.csv")))
         arms[run.name] = {
+            "source": run,
             "summary": json.loads((run / "summary.json").read_text()),
             "hours": np.array([float(r["time_hours"]) for r in rows]),
             "rmse": np.array([float(r["rmse_analysis"]) for r in rows]),
         }
     return arms
+
+
+def truth(run: Path) -> dict:
+    """The config sections that fix the truth and the free ensemble of a run (its config.yaml)."""
+    cfg = OmegaConf.to_container(OmegaConf.load(run / "config.yaml"))
+    return {k: cfg.get(k) for k in TRUTH_KEYS}
+
+
+def lend_free_arms(experiments: dict[str, dict[str, dict]], donor: Path) -> None:
+    """Give the experiments without free arms the donor's, in arm order; exit if a truth differs."""
+    free = {arm: run for arm, run in load(donor).items() if arm in FREE_ARMS}
+    if not free:
+        sys.exit(f"paper_results: --free-from {donor}: no finished sqg_only or vit_only arm")
+    for name, arms in experiments.items():
+        if any(arm in arms for arm in FREE_ARMS):
+            continue
+        own = next(iter(arms.values()))["source"]
+        for run in free.values():
+            if truth(run["source"]) != truth(own):
+                sys.exit(
+                    f"paper_results: --free-from {donor}: {run['source']} has another truth than {own} "
+                    f"(one of {', '.join(TRUTH_KEYS)} differs); run the free arms of {name}"
+                )
+        merged = {**free, **arms}
+        experiments[name] = {a: merged[a] for a in sorted(merged, key=lambda a: (ARM_ORDER + (a,)).index(a))}
 
 
 def verdict(key: tuple[str, str], rmse: float, arms: dict[str, dict]) -> str:
@@ -92,9 +124,13 @@ def table(experiments: dict[str, dict[str, dict]]) -> tuple[str, list[dict]]:
             s = run["summary"]
             stage_s = sum(v["total"] for v in s["wall_seconds"].values())
             ref = REFERENCE.get((name, arm))
+            label = ARM_STYLE.get(arm, (arm,))[0]
+            if run["source"].parent.name != name:  # lent by --free-from
+                label += f" ({run['source'].parent.name}'s run)"
             rec = {
                 "experiment": name,
                 "arm": arm,
+                "run_dir": str(run["source"]),
                 "scored_cycles": s["scored_cycles"],
                 "rmse_analysis": s["mean_rmse_analysis"],
                 "spread_analysis": s["mean_spread_analysis"],
@@ -107,7 +143,7 @@ def table(experiments: dict[str, dict[str, dict]]) -> tuple[str, list[dict]]:
             }
             records.append(rec)
             cells = [
-                name, ARM_STYLE.get(arm, (arm,))[0], s["units"], rec["scored_cycles"],
+                name, label, s["units"], rec["scored_cycles"],
                 f"**{num(rec['rmse_analysis'])}**", num(rec["spread_analysis"]), num(rec["crps_analysis"]),
                 num(rec["rmse_forecast"]), "—" if ref is None else f"{ref:.3g}", rec["target"] or "—",
                 f"{rec['seconds_per_cycle']:.1f}",
@@ -139,6 +175,7 @@ def figure(experiments: dict[str, dict[str, dict]], path: Path) -> Path:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("experiments", nargs="+", type=Path, help="runs/<experiment> directories")
+    ap.add_argument("--free-from", type=Path, help="runs/<experiment> whose free arms to lend")
     ap.add_argument("--out", type=Path, default=Path("docs/figures/paper_fig4.png"))
     args = ap.parse_args(argv)
     experiments = {}
@@ -149,6 +186,8 @@ def main(argv: list[str] | None = None) -> None:
         if not arms:
             sys.exit(f"paper_results: {e}: no arm with a summary.json (is the run finished?)")
         experiments[e.name] = arms
+    if args.free_from is not None:
+        lend_free_arms(experiments, args.free_from)
     text, records = table(experiments)
     print(text)
     figure(experiments, args.out)
