@@ -53,10 +53,15 @@ FREE_ARMS = ("sqg_only", "vit_only")
 TRUTH_KEYS = ("seed", "cycles", "burn_in", "members", "model", "shocks")  # what a free arm's scores see
 
 
+def arm_rank(arm: str) -> int:
+    """Position of an arm in ARM_ORDER; unknown arms after the known ones."""
+    return ARM_ORDER.index(arm) if arm in ARM_ORDER else len(ARM_ORDER)
+
+
 def load(experiment: Path) -> dict[str, dict]:
     """{arm: {"summary": summary.json, "hours": [T], "rmse": [T]}} for the finished arms, in arm order."""
     arms = {}
-    for run in sorted(experiment.iterdir(), key=lambda p: (ARM_ORDER + (p.name,)).index(p.name)):
+    for run in sorted(experiment.iterdir(), key=lambda p: arm_rank(p.name)):
         if not (run / "summary.json").is_file():
             continue
         rows = list(csv.DictReader(open(run / "metrics.csv")))
@@ -91,7 +96,7 @@ def lend_free_arms(experiments: dict[str, dict[str, dict]], donor: Path) -> None
                     f"(one of {', '.join(TRUTH_KEYS)} differs); run the free arms of {name}"
                 )
         merged = {**free, **arms}
-        experiments[name] = {a: merged[a] for a in sorted(merged, key=lambda a: (ARM_ORDER + (a,)).index(a))}
+        experiments[name] = {a: merged[a] for a in sorted(merged, key=arm_rank)}
 
 
 def verdict(key: tuple[str, str], rmse: float, arms: dict[str, dict]) -> str:
