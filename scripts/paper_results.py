@@ -27,13 +27,26 @@ from omegaconf import OmegaConf
 from scoreda.io.atomic import write_text
 from scoreda.plotting import plot_experiment_rmse
 
-ARM_ORDER = ("sqg_only", "vit_only", "sqg_letkf", "sqg_ensf", "vit_ensf", "none", "letkf", "ensf")
+ARM_ORDER = (
+    "sqg_only",
+    "vit_only",
+    "sqg_letkf",
+    "sqg_ensf",
+    "vit_ensf",
+    "vit_ensf_frozen",
+    "vit_ensf_frozen_noadapt",
+    "none",
+    "letkf",
+    "ensf",
+)
 ARM_STYLE = {  # label, colour
     "sqg_only": ("SQG only", "0.45"),
     "vit_only": ("ViT only", "tab:purple"),
     "sqg_letkf": ("SQG + LETKF", "tab:blue"),
     "sqg_ensf": ("SQG + EnSF", "tab:green"),
     "vit_ensf": ("ViT + EnSF", "tab:red"),
+    "vit_ensf_frozen": ("ViT + EnSF, frozen ViT", "tab:orange"),
+    "vit_ensf_frozen_noadapt": ("ViT + EnSF, frozen ViT, no adaptive λ", "tab:brown"),
     "none": ("no assimilation", "0.45"),  # experiments swept over filter= (run_dir .../${filter.name})
     "letkf": ("LETKF", "tab:blue"),
     "ensf": ("EnSF", "tab:green"),

@@ -55,8 +55,9 @@ def _config(run_dir: Path, *overrides: str):
         (["members=-3"], "members"),
         (["filter=foo"], "filter"),  # unknown group option: precheck_groups, before Hydra
         (["observation=subsample", "observation.every=5"], "observation.every"),
+        (["divergence=0"], "divergence"),
     ],
-    ids=["members", "filter-option", "observation.every"],
+    ids=["members", "filter-option", "observation.every", "divergence"],
 )
 def test_cycle_rejects_bad_config_in_one_line(tmp_path, overrides, key):
     run_dir = tmp_path / "r"

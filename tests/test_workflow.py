@@ -1,4 +1,4 @@
-"""The Parsl cycle end to end: outputs of a run directory, and resume after SIGKILL."""
+"""The Parsl cycle end to end: outputs of a run directory, resume after SIGKILL, the divergence stop."""
 
 import csv
 import json
@@ -101,4 +101,26 @@ def test_sigkill_then_same_command_resumes_to_identical_result(unbroken, tmp_pat
     final, _ = read_state(run_dir / "cycles" / "000008" / "analysis.h5")
     expect, _ = read_state(ref_dir / "cycles" / "000008" / "analysis.h5")
     assert np.array_equal(final, expect)
+    assert (run_dir / "metrics.csv").read_text() == (ref_dir / "metrics.csv").read_text()
+
+
+@pytest.mark.slow
+def test_divergence_stops_the_run_and_the_same_command_without_it_resumes(unbroken, tmp_path):
+    ref_dir, _ = unbroken
+    run_dir = tmp_path / "run"
+    # a bound below cycle 1's analysis error: the run stops after evaluate(1), before forecast(2)
+    cmd = cycle_cmd(run_dir, "divergence=0.001")
+    out = subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=600)
+    assert out.returncode == 1, out.stderr[-3000:]
+    last = [line for line in out.stderr.splitlines() if line.strip()][-1]
+    ref1 = json.loads((ref_dir / "cycles" / "000001" / "scores.json").read_text())
+    rmse = ref1["rmse_analysis"]
+    assert last.startswith(f"diverged: cycle 1: analysis RMSE {rmse:.4g} K > divergence=0.001 ×"), last
+    assert json.loads((run_dir / "cycles" / "000001" / "scores.json").read_text()) == ref1
+    assert not (run_dir / "cycles" / "000002" / "forecast.h5").exists()
+    assert not (run_dir / "metrics.csv").exists()
+    # the bound is not part of the science: lifted, the same run goes on to the unbroken result
+    cmd = cycle_cmd(run_dir, "divergence=null")
+    out = subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
     assert (run_dir / "metrics.csv").read_text() == (ref_dir / "metrics.csv").read_text()

@@ -14,11 +14,14 @@ awaited. Every stage skips itself when its outputs exist and validate, so re-run
 command resumes an interrupted run (complete cycles, those with ``scores.json``, are not even
 launched again). Inside a Slurm allocation (``platform.end_time=auto``) a cycle
 starts only if it can finish before the job ends; otherwise the workflow exits with status 75 and
-``slurm/*.sbatch`` resubmits itself to continue.
+``slurm/*.sbatch`` resubmits itself to continue. With ``divergence`` set, forecast(k) also waits for
+evaluate(k − 1 − ``surrogate.lag``) (nothing it did not wait for already), so once an analysis error
+passes the bound the run stops a cycle or two later with exit status 1.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
@@ -44,7 +47,7 @@ from platforms import (  # noqa: E402
     run_validated,
 )
 
-from scoreda.stages.common import WalltimeStop, completed_cycles, write_config  # noqa: E402
+from scoreda.stages.common import Diverged, WalltimeStop, completed_cycles, write_config  # noqa: E402
 from scoreda.stages.evaluate import summary_lines  # noqa: E402
 from scoreda.tracking import Tracker  # noqa: E402
 
@@ -118,6 +121,8 @@ def build_dag(cfg: DictConfig, run_dir: str, cycles: int, end_time: float | None
     for k in range(len(done) + 1, cycles + 1):
         truth = stage_app("nature", run_dir, k, inputs=[truth] if truth else [])
         waits = [trained[j]] if (j := k - 1 - cfg.surrogate.lag) in trained else []
+        if cfg.divergence is not None and j >= 1:  # evaluate(j) needs nothing forecast(k) does not
+            waits.append(scores[j - 1])
         if end_time is not None:
             previous = gates[-1] if gates else None
             done_before = [f for f in (ensemble, trained.get(k - 1)) if f is not None]
@@ -141,8 +146,9 @@ def _resolved(value) -> Future:
 
 
 def _no_retry_on_walltime(e: Exception, task_record) -> float:
-    """Parsl retry cost: a walltime stop is final (retrying it would burn the retries), others cost 1."""
-    return float("inf") if isinstance(e, WalltimeStop) else 1.0
+    """Parsl retry cost: a walltime stop or a divergence is final (retrying would burn the retries),
+    others cost 1."""
+    return float("inf") if isinstance(e, WalltimeStop | Diverged) else 1.0
 
 
 def _walltime_stop(gates) -> WalltimeStop | None:
@@ -161,13 +167,16 @@ def run(cfg: DictConfig) -> dict:
     t0 = time.perf_counter()
     end_time = allocation_end(cfg)
     done = completed_cycles(run_dir, cfg.cycles)  # a resumed run starts after them
-    stop, logged = None, 0
+    stop, diverged, logged = None, None, 0
     with parsl.load(parsl_config(cfg, run_dir, retry_handler=_no_retry_on_walltime)):
         scores, gates, final = build_dag(cfg, run_dir, cfg.cycles, end_time, done)
         progress = _progress(cfg)
         for fut in scores:  # log in cycle order as results arrive
             try:
                 s = fut.result()
+            except Diverged as e:
+                diverged = e
+                break
             except Exception:
                 if (stop := _walltime_stop(gates)) is None:
                     raise
@@ -175,8 +184,14 @@ def run(cfg: DictConfig) -> dict:
             tracker.log(s)
             progress(s)
             logged += 1
-        summary = None if stop else final.result()
+        if stop or diverged:  # the failed cycles' dependants fail in Parsl callbacks as it shuts down
+            logging.getLogger("concurrent.futures").setLevel(logging.CRITICAL)
+        summary = None if stop or diverged else final.result()
     parsl.clear()
+    if diverged:
+        tracker.finish()
+        print(f"diverged: {diverged}", file=sys.stderr)
+        sys.exit(1)
     if stop:
         tracker.finish()
         if logged <= len(done):  # no new cycle: a resubmission would stop the same way

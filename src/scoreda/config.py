@@ -233,6 +233,7 @@ class Root:
     members: int = 20
     device: str = "cpu"
     progress: bool = True
+    divergence: float | None = 5.0  # stop once an analysis RMSE > this × the truth's std (None: never)
     experiment_name: str = "default"
     arm: str | None = None  # the arm of a multi-arm experiment (configs/arm/, e.g. paper_fig4)
     model: Any = None
@@ -286,6 +287,11 @@ def _check_values(c: DictConfig) -> None:
     _check(c.cycles >= 1, "cycles", f"must be ≥ 1, got {c.cycles}")
     _check(0 <= c.burn_in < c.cycles, "burn_in", f"must be in [0, cycles={c.cycles}), got {c.burn_in}")
     _check(c.seed >= 0, "seed", f"must be ≥ 0, got {c.seed}")
+    _check(
+        c.divergence is None or c.divergence > 0,
+        "divergence",
+        f"must be positive or null, got {c.divergence}",
+    )
     _check(
         c.device == "cpu" or c.device.startswith("cuda"),
         "device",

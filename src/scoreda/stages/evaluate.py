@@ -24,7 +24,7 @@ import numpy as np
 
 from scoreda import metrics, plotting
 from scoreda.io import write_text
-from scoreda.stages.common import Run, dynamics, main, read_timings, write_json
+from scoreda.stages.common import Run, check_divergence, dynamics, main, read_timings, write_json
 from scoreda.stages.nature import read_observations, shock_std
 
 COLUMNS = ("cycle", "time_hours", *metrics.SCORE_NAMES, "shock_std")
@@ -59,19 +59,23 @@ def columns(run: Run) -> tuple[str, ...]:
 
 
 def evaluate(run_dir, cycle: int) -> dict:
-    """Scores of ``cycle`` (RMSE of the ensemble mean, spread, CRPS, rank histogram); cached as JSON."""
+    """Scores of ``cycle`` (RMSE of the ensemble mean, spread, CRPS, rank histogram); cached as JSON.
+    Raises ``Diverged`` (after writing them) when the analysis RMSE passes ``divergence``."""
     run = Run(run_dir)
     path = run.path(cycle, "scores")
+    sel = headline(run)
     if path.is_file():
         try:
             out = json.loads(path.read_text())
             if out.get("config_hash") == run.hash and all(c in out for c in columns(run)):
+                truth = run.read(cycle, "truth")
+                check_divergence(run, cycle, out["rmse_analysis"], truth if sel is None else truth[:, sel])
                 return out
         except ValueError:
             pass
     truth, fc, an = run.read(cycle, "truth"), run.read(cycle, "forecast"), run.read(cycle, "analysis")
     out = {"cycle": cycle, "time_hours": cycle * run.cfg.model.cycle_hours, "config_hash": run.hash}
-    info, sel = channels(run), headline(run)
+    info = channels(run)
     if info is not None:
         out |= metrics.channel_scores(fc, an, truth, info[0])
     if sel is not None:  # the headline channels only
@@ -85,6 +89,7 @@ def evaluate(run_dir, cycle: int) -> dict:
             out[f"error_spectrum_{kind}"] = metrics.error_spectrum(ens, truth, L)[1].tolist()
             out[f"spread_spectrum_{kind}"] = metrics.spread_spectrum(ens, L)[1].tolist()
     write_json(path, out)
+    check_divergence(run, cycle, out["rmse_analysis"], truth)  # after writing: the scores are real
     return out
 
 
