@@ -145,7 +145,7 @@ def _resolved(value) -> Future:
     return f
 
 
-def _no_retry_on_walltime(e: Exception, task_record) -> float:
+def _no_retry_on_stops(e: Exception, task_record) -> float:
     """Parsl retry cost: a walltime stop or a divergence is final (retrying would burn the retries),
     others cost 1."""
     return float("inf") if isinstance(e, WalltimeStop | Diverged) else 1.0
@@ -168,7 +168,7 @@ def run(cfg: DictConfig) -> dict:
     end_time = allocation_end(cfg)
     done = completed_cycles(run_dir, cfg.cycles)  # a resumed run starts after them
     stop, diverged, logged = None, None, 0
-    with parsl.load(parsl_config(cfg, run_dir, retry_handler=_no_retry_on_walltime)):
+    with parsl.load(parsl_config(cfg, run_dir, retry_handler=_no_retry_on_stops)):
         scores, gates, final = build_dag(cfg, run_dir, cfg.cycles, end_time, done)
         progress = _progress(cfg)
         for fut in scores:  # log in cycle order as results arrive

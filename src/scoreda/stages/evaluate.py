@@ -60,22 +60,20 @@ def columns(run: Run) -> tuple[str, ...]:
 
 def evaluate(run_dir, cycle: int) -> dict:
     """Scores of ``cycle`` (RMSE of the ensemble mean, spread, CRPS, rank histogram); cached as JSON.
-    Raises ``Diverged`` (after writing them) when the analysis RMSE passes ``divergence``."""
+    Raises ``Diverged`` (after writing them) when the analysis RMSE passes ``divergence``; the
+    workflow stops there, so a cached cycle was checked when it was scored."""
     run = Run(run_dir)
     path = run.path(cycle, "scores")
-    sel = headline(run)
     if path.is_file():
         try:
             out = json.loads(path.read_text())
             if out.get("config_hash") == run.hash and all(c in out for c in columns(run)):
-                truth = run.read(cycle, "truth")
-                check_divergence(run, cycle, out["rmse_analysis"], truth if sel is None else truth[:, sel])
                 return out
         except ValueError:
             pass
     truth, fc, an = run.read(cycle, "truth"), run.read(cycle, "forecast"), run.read(cycle, "analysis")
     out = {"cycle": cycle, "time_hours": cycle * run.cfg.model.cycle_hours, "config_hash": run.hash}
-    info = channels(run)
+    info, sel = channels(run), headline(run)
     if info is not None:
         out |= metrics.channel_scores(fc, an, truth, info[0])
     if sel is not None:  # the headline channels only
