@@ -1,16 +1,23 @@
 """Markdown table of finished runs' time means (their summary.json), for docs/results.md.
 
     python scripts/results_table.py runs/filters_*/*
+    python scripts/results_table.py --cycles 21-60 runs/filters_perfect/ensf runs/diag/spectral
 
 One row per run directory: experiment, filter, scored cycles, analysis RMSE / spread / CRPS,
-forecast RMSE, spread–skill of the analysis, shocked cycles, and the time per cycle.
+forecast RMSE, spread–skill of the analysis, shocked cycles, and the time per cycle. With
+``--cycles A-B`` the means are over cycles A..B of each run's ``cycles/*/scores.json`` (to compare
+runs of different lengths: a run's first cycles do not depend on how many follow), and the time
+per cycle is the whole run's (empty for a run that has no summary.json).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
+import statistics
 from pathlib import Path
+
+import yaml
 
 COLUMNS = (
     "experiment", "filter", "cycles", "analysis RMSE", "analysis spread", "analysis CRPS",
@@ -36,15 +43,54 @@ def row(run: Path) -> list[str]:
     ]
 
 
-def main(paths: list[str]) -> None:
-    runs = [Path(p) for p in paths if (Path(p) / "summary.json").is_file()]
-    if not runs:
-        sys.exit("results_table: no run directory with a summary.json among the arguments")
+def window_row(run: Path, first: int, last: int) -> list[str] | None:
+    """The row of ``run`` with means over cycles first..last (None if any of them is not scored)."""
+    files = [run / "cycles" / f"{c:06d}" / "scores.json" for c in range(first, last + 1)]
+    if not all(f.is_file() for f in files):
+        return None
+    sc = [json.loads(f.read_text()) for f in files]
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    units = {"sqg": "K", "qg2l": "1/s"}.get(cfg["model"]["name"], "")
+    mean = {k: statistics.fmean(x[k] for x in sc) for k in sc[0] if isinstance(sc[0][k], float)}
+    summary = run / "summary.json"
+    per_cycle = ""
+    if summary.is_file():
+        s = json.loads(summary.read_text())
+        per_cycle = f"{sum(v['total'] for v in s['wall_seconds'].values()) / s['cycles']:.1f}"
+    return [
+        cfg["experiment_name"],
+        run.name,
+        f"{first}-{last}",
+        f"{mean['rmse_analysis']:.3f} {units}",
+        f"{mean['spread_analysis']:.3f} {units}",
+        f"{mean['crps_analysis']:.3f} {units}",
+        f"{mean['rmse_forecast']:.3f} {units}",
+        f"{mean['spread_analysis'] / mean['rmse_analysis']:.2f}",
+        str(sum(x.get("shock_std", 0.0) > 0 for x in sc)),
+        per_cycle,
+    ]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("runs", nargs="+", help="run directories")
+    ap.add_argument("--cycles", help="A-B: means over cycles A..B of the per-cycle scores")
+    args = ap.parse_args()
+    if args.cycles:
+        try:
+            first, last = (int(v) for v in args.cycles.split("-"))
+        except ValueError:
+            raise SystemExit(f"results_table: --cycles: expected A-B, got {args.cycles!r}") from None
+        rows = [r for r in (window_row(Path(p), first, last) for p in args.runs) if r is not None]
+    else:
+        rows = [row(Path(p)) for p in args.runs if (Path(p) / "summary.json").is_file()]
+    if not rows:
+        raise SystemExit("results_table: no run directory with the cycles asked for among the arguments")
     print("| " + " | ".join(COLUMNS) + " |")
     print("|" + "---|" * len(COLUMNS))
-    for r in runs:
-        print("| " + " | ".join(row(r)) + " |")
+    for r in rows:
+        print("| " + " | ".join(r) + " |")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

@@ -63,6 +63,19 @@ CASES = {
             obs={"kind": "stations", "n_stations": 30, "sigma": 0.2, "transform": "arctan"}, shape=(2, 16, 16)
         ),
     ),
+    "members-spectral-arctan": (  # whole members, per-member conjugate gradients: the same bits
+        dict(
+            shard="members",
+            prior_score="paired",
+            standardise="spectral",
+            grid=(2, 16, 16),
+            adaptive_inflation=True,
+            cap_spread=True,
+        ),
+        dict(
+            obs={"kind": "stations", "n_stations": 30, "sigma": 0.2, "transform": "arctan"}, shape=(2, 16, 16)
+        ),
+    ),
 }
 N_STEPS = 20
 

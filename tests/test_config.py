@@ -68,6 +68,8 @@ def test_default_config_validates():
         (["filter.rtps=1.5"], "filter.rtps:"),
         (["filter.unobserved=nearest"], "filter.unobserved:"),
         (["filter.rtps_unobserved=2"], "filter.rtps_unobserved:"),
+        (["filter.standardise=wavelet"], "filter.standardise:"),
+        (["filter.standardise=spectral", "filter.shard=state", "filter.ranks=2"], "filter.shard:"),
         (["observation.sigma=0"], "observation.sigma:"),
         (["filter.ranks=50"], "filter.ranks:"),
         (["surrogate.step_hours=5"], "surrogate.step_hours:"),
@@ -118,6 +120,16 @@ def test_science_keys_ignore_what_does_not_change_the_numbers(override):
     assert _science_hash(override) == _science_hash()
 
 
-@pytest.mark.parametrize("override", ["seed=1", "filter.eps_beta=0.25", "members=10", "model.N=32"])
+@pytest.mark.parametrize(
+    "override",
+    [
+        "seed=1",
+        "filter.eps_beta=0.25",
+        "members=10",
+        "model.N=32",
+        "filter.standardise=spectral",
+        "filter.cap_spread=true",
+    ],
+)
 def test_science_keys_change_with_the_science(override):
     assert _science_hash(override) != _science_hash()

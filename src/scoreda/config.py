@@ -80,6 +80,8 @@ class Filter:
     implicit: bool = True
     unobserved: str = "regress"  # none | regress (localised regression from the observed; uses cutoff)
     rtps_unobserved: float = 0.5  # RTPS of the regressed (unobserved) components
+    standardise: str = "point"  # point (per state index) | spectral (per wavenumber: homogeneous B)
+    cap_spread: bool = False  # analysis spread ≤ forecast spread per state index (EnSF)
     # LETKF
     cutoff: float = 2000.0  # distance where the Gaspari–Cohn taper reaches zero (km; index units for L96)
     cross_level: float = 1.0
@@ -400,6 +402,16 @@ def _check_values(c: DictConfig) -> None:
         "filter.rtps_unobserved",
         f"must be in [0, 1], got {f.rtps_unobserved}",
     )
+    _check(
+        f.standardise in ("point", "spectral"),
+        "filter.standardise",
+        f"expected point or spectral, got {f.standardise!r}",
+    )
+    _check(
+        f.standardise == "point" or f.shard == "members" or f.ranks == 1,
+        "filter.shard",
+        "filter.standardise=spectral needs whole members on each rank: use filter.shard=members",
+    )
     _check(f.cutoff > 0, "filter.cutoff", f"must be positive (.inf: global ETKF), got {f.cutoff}")
     _check(f.cross_level >= 0, "filter.cross_level", f"must be ≥ 0, got {f.cross_level}")
     _check(0 <= f.rtpp <= 1, "filter.rtpp", f"must be in [0, 1], got {f.rtpp}")
@@ -609,6 +621,9 @@ def science_keys(cfg: DictConfig) -> dict:
         del c["model"]["state"]
     if c["observation"].get("channels", 0) is None:
         del c["observation"]["channels"]
+    for key, default in (("standardise", "point"), ("cap_spread", False)):
+        if c["filter"].get(key) == default:
+            del c["filter"][key]
     keys = ["seed", "members", "model", "observation", "filter", "shocks", "forecaster"]
     if c["forecaster"]["name"] == "vit":  # the surrogate's numbers; not how many ranks train it
         keys += ["surrogate", "parallel"]

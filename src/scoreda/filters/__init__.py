@@ -40,6 +40,16 @@ def relax_spread(analysis: torch.Tensor, prior: torch.Tensor, rtps: float) -> to
     return mean + (analysis - mean) * (1.0 + rtps * (sf - sa) / sa)
 
 
+def cap_spread(analysis: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
+    """Analysis anomalies scaled down, per dimension, where the analysis spread exceeds the prior's:
+    σ_new = min(σ_a, σ_f) (σ: ensemble std, ddof=1). A Bayesian update never widens the spread;
+    the EnSF's kernels do where observations say little (variance (1 + ε_β) s²)."""
+    mean = analysis.mean(0, keepdim=True)
+    sa = analysis.std(0, keepdim=True).clamp_min(torch.finfo(analysis.dtype).tiny)
+    sf = prior.std(0, keepdim=True)
+    return mean + (analysis - mean) * torch.clamp(sf / sa, max=1.0)
+
+
 def inflate(ensemble: torch.Tensor, factor: float) -> torch.Tensor:
     """Multiplicative inflation of the anomalies about the ensemble mean."""
     if factor == 1.0:

@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import torch
 
-from scoreda.filters import inflate_prior, observed_mask, relax_spread
+from scoreda.filters import cap_spread, inflate_prior, observed_mask, relax_spread
 from scoreda.observations import ObservationOperator, PointObservation
 from scoreda.seeding import CounterNormal, noise_key
 
@@ -55,6 +55,8 @@ if TYPE_CHECKING:
 
 SHARDS = ("members", "state")
 UNOBSERVED = ("none", "regress")
+STANDARDISE = ("point", "spectral")
+CG_TOL, CG_ITER = 1e-3, 50  # the spectral implicit step's conjugate gradients
 
 
 class Collective(Protocol):
@@ -110,6 +112,9 @@ class EnSF:
     unobserved: str = "none"  # unobserved components: "none" (as integrated) | "regress" (from observed)
     rtps_unobserved: float = 0.5  # RTPS of the regressed components (unobserved=regress)
     localiser: LETKF | None = None  # grid, GC cutoff and cross_level of "regress" (``from_config`` builds it)
+    standardise: str = "point"  # x̃ per state index "point" | per wavenumber "spectral" (needs ``grid``)
+    grid: tuple[int, int, int] | None = None  # (C, H, W) of a member, periodic in H and W (``from_config``)
+    cap_spread: bool = False  # analysis spread ≤ forecast spread per index, before RTPS
     chunk_elements: int = 1 << 17  # m × columns of one block of the integration (not a config key)
 
     def __post_init__(self) -> None:
@@ -129,12 +134,20 @@ class EnSF:
             raise ValueError(f"filter.unobserved: expected none or regress, got {self.unobserved!r}")
         if not 0 <= self.rtps_unobserved <= 1:
             raise ValueError(f"filter.rtps_unobserved: must be in [0, 1], got {self.rtps_unobserved}")
+        if self.standardise not in STANDARDISE:
+            raise ValueError(f"filter.standardise: expected point or spectral, got {self.standardise!r}")
 
     @classmethod
     def from_config(cls, cfg, model_cfg=None) -> EnSF:
-        """Keys of ``cfg``; with ``unobserved=regress`` and ``model_cfg`` the localiser is the LETKF's
-        geometry with ``cfg.cutoff`` and ``cfg.cross_level``."""
-        kw = {f.name: cfg[f.name] for f in fields(cls) if f.name in cfg and f.name != "localiser"}
+        """Keys of ``cfg``; ``model_cfg`` gives the grid (C, H, W) and, with ``unobserved=regress``, the
+        localiser: the LETKF's geometry with ``cfg.cutoff`` and ``cfg.cross_level``."""
+        kw = {
+            f.name: cfg[f.name] for f in fields(cls) if f.name in cfg and f.name not in ("localiser", "grid")
+        }
+        if model_cfg is not None:
+            from scoreda.config import state_shape
+
+            kw["grid"] = state_shape(model_cfg)
         if kw.get("unobserved") == "regress" and model_cfg is not None:
             from scoreda.filters.letkf import LETKF
 
@@ -209,10 +222,12 @@ class EnSF:
         device = prior.device if device is None else torch.device(device)
 
         # global, from the full prior that every rank holds: no communication
-        # λ where the analysis corrects: observed components, and with ``regress`` unobserved ones too
+        # λ where the analysis corrects: observed components, and with ``regress`` or ``spectral``
+        # (whose B carries each observation to its neighbours) unobserved ones too
         regress = self.unobserved == "regress"
+        everywhere = regress or self.standardise == "spectral"
         prior = inflate_prior(
-            prior, y, operator, self.inflation, self.adaptive_inflation, observed_only=not regress
+            prior, y, operator, self.inflation, self.adaptive_inflation, observed_only=not everywhere
         )
         full_operator = operator
         floor = 1e-6 * prior.std().clamp_min(1e-30).item()
@@ -220,6 +235,8 @@ class EnSF:
         mean = local.mean(0, keepdim=True)
         std = local.std(0, keepdim=True).clamp_min(floor)
         if cols != slice(0, d):
+            if self.standardise == "spectral":
+                raise ValueError("filter.standardise=spectral needs whole members: use filter.shard=members")
             operator, keep = operator.restrict(cols.start, cols.stop)
             y = y[keep.to(y.device)]
         allreduce = comm.allreduce if R > 1 and self.shard == "state" else None
@@ -233,6 +250,8 @@ class EnSF:
             analysis = analysis.to(device)
         if regress:
             analysis = self.regress_unobserved(analysis, prior.to(device), full_operator)
+        if self.cap_spread:
+            analysis = cap_spread(analysis, prior.to(device))
         return relax_spread(analysis, prior.to(device), self.rtps)
 
     def regress_unobserved(
@@ -300,26 +319,39 @@ class EnSF:
         the weights w [m, M]; one sweep over the blocks applies step k and sums step k+1's G.
         """
         m, n = rows.stop - rows.start, local.shape[1]
-        blocks = self._column_blocks(m, n, local.device, operator)
+        spectral = self.standardise == "spectral"
+        if spectral and self.grid is None:
+            raise ValueError("filter.standardise=spectral: no grid (EnSF.from_config(filter, model) sets it)")
+        blocks = [slice(0, n)] if spectral else self._column_blocks(m, n, local.device, operator)
         width = max(s.stop - s.start for s in blocks)
         noise = CounterNormal(key, rows, cols, device=local.device, max_cols=width)
         steps = self._schedule()
         out = torch.empty(m, n, dtype=local.dtype, device=local.device)
         if self.prior_score == "paired":
             for sl in blocks:
-                blk = _Block.make(local, mean, std, y, operator, sl, rows, standardised=False)
+                if spectral:
+                    blk = _Spectral.make(local, mean, std, y, operator, self.grid, rows)
+                else:
+                    blk = _Block.make(local, mean, std, y, operator, sl, rows, standardised=False)
                 z = self._draw(noise, 0, sl, local.dtype).clone()
                 work = _Work(z)
                 for st in steps:
                     score = torch.mul(blk.x, st.a, out=work.score).sub_(z).div_(st.b2)  # (α x̃ − z)/β²
                     self._advance(st, z, score, blk, noise, work)
-                torch.mul(z, blk.std, out=out[:, sl]).add_(blk.mean)
+                blk.to_state(z, out=out[:, sl])
             return out
-        x = ((local - mean) / std).to(torch.float64)  # [M, d'] standardised members
+        if spectral:
+            parts = [_Spectral.make(local, mean, std, y, operator, self.grid, slice(None), torch.float64)]
+            x = parts[0].x
+        else:
+            x = ((local - mean) / std).to(torch.float64)  # [M, d'] standardised members
         x_sq = (x * x).sum(1)  # ‖x̃_j‖² [M]
         if allreduce is not None:
             x_sq = allreduce(x_sq)
-        parts = [_Block.make(x, mean, std, y, operator, sl, slice(None), standardised=True) for sl in blocks]
+        if not spectral:
+            parts = [
+                _Block.make(x, mean, std, y, operator, sl, slice(None), standardised=True) for sl in blocks
+            ]
         del x
         zs = [self._draw(noise, 0, sl, local.dtype).clone() for sl in blocks]
         works = {z.shape: _Work(z) for z in zs}  # at most two widths
@@ -339,7 +371,7 @@ class EnSF:
                     g_b = z.to(torch.float64) @ blk.x.T
                     g = g_b if g is None else g.add_(g_b)
         for blk, z in zip(parts, zs, strict=True):
-            torch.mul(z, blk.std, out=out[:, blk.cols]).add_(blk.mean)
+            blk.to_state(z, out=out[:, blk.cols])
         return out
 
     @staticmethod
@@ -349,25 +381,22 @@ class EnSF:
 
     def _advance(self, st: _Step, z, score, blk: _Block, noise: CounterNormal, work: _Work) -> None:
         """One Euler–Maruyama step on a block, in place on z [m, c]; ``score`` [m, c] holds the prior
-        score on entry and is overwritten. With x = mean + std·z, s = score + h std ∇log p(y|x),
+        score on entry and is overwritten. With x = mean + S z (S = diag(std), or B^½ for
+        ``spectral``), s = score + h S ∇log p(y|x),
 
-            Δz = Δt (σ² s − b z) + √Δt σ ξ,   z ← z + Δz / (1 + Δt σ² h C)   (C = curvature · std²).
+            Δz = Δt (σ² s − b z) + √Δt σ ξ,   z ← z + (1 + Δt σ² h C)⁻¹ Δz   (C ≈ S diag(curvature) S).
         """
-        xz = torch.mul(z, blk.std, out=work.xz).add_(blk.mean)  # x = mean + std·z
+        xz = blk.to_state(z, out=work.xz)
         if st.h > 0:
             if blk.direct:  # every index observed, h = identity: ∇log p = (y − x)/σo²
                 lik = torch.sub(blk.y, xz, out=work.lik).div_(blk.op.sigma**2)
             else:
                 lik = blk.op.likelihood_score(xz, blk.y)
-            score.add_(lik.mul_(st.h * blk.std))
+            score.add_(blk.pull(lik, st.h))
         score.mul_(st.g2).sub_(torch.mul(z, st.b, out=work.bz)).mul_(st.dt)  # Δt (σ² s − b z)
         score.add_(self._draw(noise, st.k + 1, blk.cols, z.dtype).mul_(st.sq))  # + √Δt σ ξ
         if self.implicit and st.h > 0:
-            coef = st.dt * st.g2 * st.h
-            if blk.op.linear:  # C [c], the same for every member
-                score.div_(torch.mul(blk.curv, coef, out=work.den).add_(1.0))
-            else:
-                score.div_(blk.op.curvature(xz).mul_(blk.std_sq).mul_(coef).add_(1.0))
+            blk.implicit(score, st.dt * st.g2 * st.h, xz, work)
         z.add_(score)
 
 
@@ -417,6 +446,110 @@ class _Block:
             y_b = y[keep.to(y.device)]
         curv = op.curvature(mean_b) * std_b[0] ** 2 if op.linear else None
         return cls(cols, x_b, mean_b, std_b, std_b**2, op, y_b, curv, _direct(op, y_b, mean_b))
+
+    def to_state(self, z: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """x = mean + std·z into ``out``."""
+        return torch.mul(z, self.std, out=out).add_(self.mean)
+
+    def pull(self, lik: torch.Tensor, h: float) -> torch.Tensor:
+        """h · std · ∇ₓlog p: the likelihood score in z (in place on ``lik``)."""
+        return lik.mul_(h * self.std)
+
+    def implicit(self, dz: torch.Tensor, coef: float, xz: torch.Tensor, work: _Work) -> None:
+        """dz ← dz / (1 + coef · C), C = curvature · std² per index (in place)."""
+        if self.op.linear:  # C [c], the same for every member
+            dz.div_(torch.mul(self.curv, coef, out=work.den).add_(1.0))
+        else:
+            dz.div_(self.op.curvature(xz).mul_(self.std_sq).mul_(coef).add_(1.0))
+
+
+@dataclass
+class _Spectral:
+    """``standardise=spectral``: the whole state of a member, (C, H, W) periodic in H and W, whitened
+    per state index and then per wavenumber. With s the ensemble std per index, Â_j(k) =
+    F((x_j − x̄)/s) (orthonormal 2-D DFT per channel) and the correlation spectrum
+    P(k) = Σ_j |Â_j(k)|² / (M − 1) [C, H, W/2+1], the prior covariance is taken to be
+    B = S C S, S = diag(s), with the homogeneous correlation C = F⁻¹ P F, and
+
+        x̃_j = C^-½ S⁻¹ (x_j − x̄),   x = x̄ + S C^½ z,   ∇_z log p = C^½ S ∇ₓ log p,
+
+    so the per-index kernels of the prior score become kernels with covariance ∝ B in x: the update
+    spreads each observation over the ensemble's correlation lengths and weighs each scale by its
+    own variance against σo². The curvature in z, A = C^½ S diag(c) S C^½ (c: ``operator.curvature``),
+    is no longer diagonal: the implicit step solves (1 + Δt σ² h A) v = Δz by conjugate gradients
+    preconditioned with 1 + Δt σ² h c̄ P(k), c̄ the channel mean of c s² (exact where c s² is
+    uniform: every point observed linearly with one σo and a uniform spread)."""
+
+    cols: slice
+    x: torch.Tensor  # [m, d] whitened members
+    mean: torch.Tensor  # [1, d]
+    std: torch.Tensor  # [1, d]
+    power: torch.Tensor  # P [C, H, W/2+1]
+    grid: tuple[int, int, int]
+    op: ObservationOperator
+    y: torch.Tensor
+    curv: torch.Tensor | None  # c s² [1, d] for a linear operator
+    direct: bool
+
+    @classmethod
+    def make(cls, local, mean, std, y, operator, grid, rows: slice, dtype=None) -> _Spectral:
+        C, H, W = grid
+        M, d = local.shape
+        if C * H * W != d:
+            raise ValueError(f"filter.standardise=spectral: state size {d} does not fit the grid {grid}")
+        a_hat = torch.fft.rfft2(((local - mean) / std).reshape(M, C, H, W), norm="ortho")
+        power = a_hat.abs().square().sum(0) / max(M - 1, 1)
+        power = power.clamp_min(1e-12 * float(power.mean()) + torch.finfo(power.dtype).tiny)
+        x = torch.fft.irfft2(a_hat[rows] / power.sqrt(), s=(H, W), norm="ortho").reshape(-1, d)
+        x = x if dtype is None else x.to(dtype)
+        curv = operator.curvature(mean).reshape(1, d) * std.square() if operator.linear else None
+        return cls(slice(0, d), x, mean, std, power, grid, operator, y, curv, _direct(operator, y, mean))
+
+    def _apply(self, f: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+        """F⁻¹ (factor · F f) for fields f [m, d] → [m, d]."""
+        C, H, W = self.grid
+        f_hat = torch.fft.rfft2(f.reshape(-1, C, H, W), norm="ortho") * factor
+        return torch.fft.irfft2(f_hat, s=(H, W), norm="ortho").reshape(f.shape).to(f.dtype)
+
+    def to_state(self, z: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """x = x̄ + S C^½ z into ``out``."""
+        return torch.mul(self._apply(z, self.power.sqrt()), self.std, out=out).add_(self.mean)
+
+    def pull(self, lik: torch.Tensor, h: float) -> torch.Tensor:
+        """h · C^½ S ∇ₓlog p: the likelihood score in z."""
+        return self._apply(lik * self.std, self.power.sqrt()).mul_(h)
+
+    def implicit(self, dz: torch.Tensor, coef: float, xz: torch.Tensor, work) -> None:
+        """dz ← (1 + coef A)⁻¹ dz, A v = C^½ (c s² ⊙ C^½ v), by preconditioned conjugate gradients per
+        member (each stops at relative residual ≤ ``CG_TOL``, so a member's result does not depend on
+        the others; at most ``CG_ITER`` iterations; in place)."""
+        C, H, W = self.grid
+        w = self.curv if self.curv is not None else self.op.curvature(xz) * self.std.square()
+        root = self.power.sqrt()
+        c_bar = w.reshape(*w.shape[:-1], C, H * W).mean(-1)[..., None, None]
+        precond = 1.0 / (1.0 + coef * c_bar * self.power)  # [.., C, H, W/2+1]
+
+        def op(v):
+            return v + coef * self._apply(w * self._apply(v, root), root)
+
+        v = self._apply(dz, precond)
+        r = dz - op(v)
+        q = self._apply(r, precond)
+        p, rq = q, (r * q).sum(1, keepdim=True)
+        stop, tiny = CG_TOL * dz.norm(dim=1, keepdim=True), torch.finfo(dz.dtype).tiny
+        for _ in range(CG_ITER):
+            active = r.norm(dim=1, keepdim=True) > stop  # a converged member stops where it is
+            if not bool(active.any()):
+                break
+            ap = op(p)
+            step = torch.where(active, rq / (p * ap).sum(1, keepdim=True).clamp_min(tiny), 0.0)
+            v.add_(step * p)
+            r.sub_(step * ap)
+            q = self._apply(r, precond)
+            rq_next = (r * q).sum(1, keepdim=True)
+            p = q + (rq_next / rq.clamp_min(tiny)) * p
+            rq = rq_next
+        dz.copy_(v)
 
 
 def _direct(op: ObservationOperator, y: torch.Tensor, probe: torch.Tensor) -> bool:
