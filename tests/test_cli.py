@@ -114,6 +114,9 @@ def test_evaluate_writes_finite_scores(tiny_run):
     assert math.isfinite(scores["rmse_analysis"]) and scores["rmse_analysis"] > 0
     assert math.isfinite(scores["rmse_forecast"])
     assert json.loads(results[("evaluate", 1)].stdout)["rmse_analysis"] == scores["rmse_analysis"]
+    with xr.open_dataset(run_dir / "cycles" / "000001" / "analysis.h5", engine="h5netcdf") as ds:
+        lam = float(ds.attrs["inflation"])  # the EnSF default: adaptive inflation, λ ≥ 1
+    assert lam >= 1.0 and scores["inflation"] == lam
 
 
 @pytest.mark.slow

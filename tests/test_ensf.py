@@ -258,7 +258,8 @@ def test_adaptive_inflation_reaches_only_the_observed_components():
     part = make_observation_operator({"kind": "subsample", "every": 2, "sigma": 1.0}, (1, 8, 8))
     lam = innovation_inflation(prior, part(truth), part)
     assert lam > 2.0
-    got = inflate_prior(prior, part(truth), part, 1.0, True, observed_only=True)
+    got, applied = inflate_prior(prior, part(truth), part, 1.0, True, observed_only=True)
+    assert applied == lam
     seen = torch.zeros(64, dtype=torch.bool)
     seen[part.indices] = True
     assert torch.equal(got[:, ~seen], prior[:, ~seen])
@@ -266,9 +267,15 @@ def test_adaptive_inflation_reaches_only_the_observed_components():
     assert torch.allclose(got.mean(0), prior.mean(0), atol=1e-6)
     full = make_observation_operator({"kind": "identity", "sigma": 1.0}, (1, 8, 8))
     lam = innovation_inflation(prior, full(truth), full)
-    assert torch.equal(
-        inflate_prior(prior, full(truth), full, 1.0, True, observed_only=True), inflate(prior, lam)
-    )
+    got, applied = inflate_prior(prior, full(truth), full, 1.1, True, observed_only=True)
+    lam = innovation_inflation(inflate(prior, 1.1), full(truth), full)
+    assert torch.equal(got, inflate(inflate(prior, 1.1), lam))
+    assert applied == pytest.approx(1.1 * lam)  # recorded as the analysis' ``inflation``
+    # the filters keep the factor of their last analysis
+    ensf = EnSF(n_steps=2, adaptive_inflation=True, inflation=1.1)
+    ensf.analyse(prior, full(truth), full)
+    assert ensf.applied_inflation == pytest.approx(1.1 * lam)
+    assert EnSF(n_steps=2).applied_inflation is None
 
 
 def _letkf_grid(cutoff: float, n: int = 16):

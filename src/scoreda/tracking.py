@@ -9,7 +9,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from scoreda.metrics import SCORE_NAMES
 
-SCALARS = ("time_hours", *SCORE_NAMES)
+SCALARS = ("time_hours", *SCORE_NAMES, "inflation")
 
 
 class Tracker:

@@ -86,22 +86,23 @@ def inflate_prior(
     factor: float,
     adaptive: bool,
     observed_only: bool = False,
-) -> torch.Tensor:
+) -> tuple[torch.Tensor, float]:
     """The forecast ensemble as a filter analyses it: anomalies × ``factor`` (``filter.inflation``),
-    then × λ = ``innovation_inflation`` when ``adaptive`` (``filter.adaptive_inflation``).
+    then × λ = ``innovation_inflation`` when ``adaptive`` (``filter.adaptive_inflation``). Returns it
+    and the whole factor applied, ``factor`` · λ (recorded as ``inflation`` in ``scores.json``).
 
     ``observed_only``: λ multiplies only the anomalies of the observed components, the only ones
     whose error the innovations constrain (x_i ← x̄_i + λ (x_i − x̄_i) for i observed, unchanged
     otherwise); with every component observed this is the same operation as without it."""
     prior = inflate(prior, factor)
     if not adaptive:
-        return prior
+        return prior, factor
     lam = innovation_inflation(prior, y, operator)
     mask = observed_mask(operator, prior.shape[-1]) if observed_only and lam != 1.0 else None
     if mask is None:
-        return inflate(prior, lam)
+        return inflate(prior, lam), factor * lam
     mask = mask.to(prior.device)
-    return torch.where(mask, inflate(prior, lam), prior)
+    return torch.where(mask, inflate(prior, lam), prior), factor * lam
 
 
 def make_filter(filter_cfg, model_cfg=None) -> Filter:

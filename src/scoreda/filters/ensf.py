@@ -41,7 +41,7 @@ accumulated in float64, so any R gives the one-rank result to rounding. Rank 0 g
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Protocol
 
 import torch
@@ -116,6 +116,9 @@ class EnSF:
     grid: tuple[int, int, int] | None = None  # (C, H, W) of a member, periodic in H and W (``from_config``)
     cap_spread: bool = False  # analysis spread ≤ forecast spread per index, before RTPS
     chunk_elements: int = 1 << 17  # m × columns of one block of the integration (not a config key)
+    applied_inflation: float | None = field(
+        default=None, init=False, repr=False, compare=False
+    )  # last analyse's
 
     def __post_init__(self) -> None:
         if self.prior_score not in ("paired", "mixture"):
@@ -226,7 +229,7 @@ class EnSF:
         # (whose B carries each observation to its neighbours) unobserved ones too
         regress = self.unobserved == "regress"
         everywhere = regress or self.standardise == "spectral"
-        prior = inflate_prior(
+        prior, self.applied_inflation = inflate_prior(
             prior, y, operator, self.inflation, self.adaptive_inflation, observed_only=not everywhere
         )
         full_operator = operator

@@ -90,6 +90,9 @@ class LETKF:
     domain: tuple[float, float] | None = None  # periodic lengths (Ly, Lx); None: one row of d points
     chunk_elements: int = 1 << 23  # bound on the elements of one batch (FFT fields, local analyses)
     _cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+    applied_inflation: float | None = field(
+        default=None, init=False, repr=False, compare=False
+    )  # last analyse's
 
     def __post_init__(self) -> None:
         if self.cutoff is None:
@@ -270,7 +273,9 @@ class LETKF:
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """Analysis ensemble [M, d] from the forecast ensemble ``prior`` [M, d] and obs ``y`` [p]."""
-        prior = inflate_prior(prior, y, operator, self.inflation, self.adaptive_inflation)
+        prior, self.applied_inflation = inflate_prior(
+            prior, y, operator, self.inflation, self.adaptive_inflation
+        )
         M, d = prior.shape
         self.grid(d)  # the state fits the grid
         if operator.indices.numel() == 0:
@@ -309,7 +314,7 @@ def analyse_point_loop(
     the periodic distances r to all observations, keep those with r < cutoff, weight them
     w = GC(r)·λ/σo², and do one ETKF with A = (M − 1)I + Ybᵀ diag(w) Yb (eigh). Vectorised over
     observations only: d Python iterations, no sharing between levels."""
-    prior = inflate_prior(prior, y, operator, letkf.inflation, letkf.adaptive_inflation)
+    prior, _ = inflate_prior(prior, y, operator, letkf.inflation, letkf.adaptive_inflation)
     M, d = prior.shape
     C, H, W = letkf.grid(d)
     mean = prior.mean(0)

@@ -120,7 +120,9 @@ def analysis(run_dir, cycle: int) -> str | None:
         else:
             post = filt.analyse(prior.reshape(M, -1), y, op, gen, comm=comm, device=run.cfg.device)
         if comm is None or comm.rank == 0:
-            run.write(cycle, "analysis", post.reshape(prior.shape).cpu())
+            lam = getattr(filt, "applied_inflation", None)  # anomalies × this before the update
+            extra = {} if lam is None else {"inflation": float(lam)}
+            run.write(cycle, "analysis", post.reshape(prior.shape).cpu(), **extra)
             record_time(run, cycle, "analysis", t0)
     return str(run.path(cycle, "analysis")) if comm is None or comm.rank == 0 else None
 

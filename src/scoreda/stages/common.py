@@ -107,15 +107,20 @@ class Run:
 
     def read(self, cycle: int, kind: str) -> torch.Tensor:
         """State ``[M, C, H, W]`` of artefact ``kind`` at ``cycle``, validated (shape, hash, finite)."""
-        state, _ = read_state(
+        return self.read_with_attrs(cycle, kind)[0]
+
+    def read_with_attrs(self, cycle: int, kind: str) -> tuple[torch.Tensor, dict]:
+        """``read`` and the file's attributes."""
+        state, attrs = read_state(
             self.path(cycle, kind),
             shape=self._shape(kind),
             expect_attrs={"cycle": cycle, "config_hash": self.hash},
         )
-        return torch.from_numpy(state)
+        return torch.from_numpy(state), attrs
 
-    def write(self, cycle: int, kind: str, state: torch.Tensor) -> None:
-        write_state(self.path(cycle, kind), state, self.attrs(cycle, kind))
+    def write(self, cycle: int, kind: str, state: torch.Tensor, **extra) -> None:
+        """``state`` with the run's attributes and ``extra`` ones (e.g. the analysis' ``inflation``)."""
+        write_state(self.path(cycle, kind), state, self.attrs(cycle, kind) | extra)
 
 
 @functools.lru_cache(maxsize=4)

@@ -71,8 +71,11 @@ def evaluate(run_dir, cycle: int) -> dict:
                 return out
         except ValueError:
             pass
-    truth, fc, an = run.read(cycle, "truth"), run.read(cycle, "forecast"), run.read(cycle, "analysis")
+    truth, fc = run.read(cycle, "truth"), run.read(cycle, "forecast")
+    an, an_attrs = run.read_with_attrs(cycle, "analysis")
     out = {"cycle": cycle, "time_hours": cycle * run.cfg.model.cycle_hours, "config_hash": run.hash}
+    if "inflation" in an_attrs:  # the factor the filter multiplied the forecast anomalies by
+        out["inflation"] = float(np.asarray(an_attrs["inflation"]).reshape(-1)[0])
     info, sel = channels(run), headline(run)
     if info is not None:
         out |= metrics.channel_scores(fc, an, truth, info[0])
@@ -124,6 +127,9 @@ def report(run_dir, cycles: int | None = None) -> dict:
         "rank_histogram": np.sum([r["rank_histogram"] for r in after], axis=0).tolist(),
         "wall_seconds": _timings(run.dir),
     }
+    if after and all("inflation" in r for r in after):
+        lam = [r["inflation"] for r in after]
+        summary |= {"mean_inflation": float(np.mean(lam)), "max_inflation": float(np.max(lam))}
     if _square(run):
         summary |= {q: np.mean([r[q] for r in after], axis=0).tolist() for q in SPECTRA}
     if (info := channels(run)) is not None:
