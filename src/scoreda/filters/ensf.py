@@ -19,7 +19,10 @@ curvature of −log p (diagonal, ``operator.curvature``) in standardised units,
     Δz = Δt (−b z + σ² s(z)) + √Δt σ ξ,     z ← z + Δz / (1 + Δt σ² h C).
 
 Plain explicit stepping goes non-finite when the likelihood is sharp (DESIGN.md); the implicit
-treatment is unconditionally stable for that term. Afterwards the spread is relaxed toward the
+treatment is unconditionally stable for that term. ``standardise=spectral`` replaces the per-index
+standardisation by x̃ = C^-½ S⁻¹ (x − x̄), C the ensemble's homogeneous correlation (diagonal in
+Fourier space), so the kernels carry spatial covariance; its curvature is no longer diagonal and the
+implicit step is solved by conjugate gradients (``_Spectral``). Afterwards the spread is relaxed toward the
 forecast spread (RTPS). Cost O(n_steps · M² · d) (mixture).
 
 Python loops run over pseudo-time and over column blocks of ``chunk_elements`` values (m × c, 512 KiB
@@ -116,9 +119,8 @@ class EnSF:
     grid: tuple[int, int, int] | None = None  # (C, H, W) of a member, periodic in H and W (``from_config``)
     cap_spread: bool = False  # analysis spread ≤ forecast spread per index, before RTPS
     chunk_elements: int = 1 << 17  # m × columns of one block of the integration (not a config key)
-    applied_inflation: float | None = field(
-        default=None, init=False, repr=False, compare=False
-    )  # last analyse's
+    # the factor the last ``analyse`` multiplied the forecast anomalies by (``inflation`` · λ)
+    applied_inflation: float | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.prior_score not in ("paired", "mixture"):

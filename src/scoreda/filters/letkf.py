@@ -90,9 +90,8 @@ class LETKF:
     domain: tuple[float, float] | None = None  # periodic lengths (Ly, Lx); None: one row of d points
     chunk_elements: int = 1 << 23  # bound on the elements of one batch (FFT fields, local analyses)
     _cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
-    applied_inflation: float | None = field(
-        default=None, init=False, repr=False, compare=False
-    )  # last analyse's
+    # the factor the last ``analyse`` multiplied the forecast anomalies by (``inflation`` · λ)
+    applied_inflation: float | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.cutoff is None:
