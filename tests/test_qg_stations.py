@@ -157,6 +157,14 @@ def test_channel_scores():
         assert out[f"crps_analysis_{name}"] == pytest.approx(c + 1 - s[c])
     with pytest.raises(ValueError, match="channel names"):
         metrics.channel_scores(ens, ens, truth, ("a", "b"))
+    # W&B gets them beside the headline scores and λ; not the spectra, histogram or hash
+    from scoreda.tracking import logged
+
+    scores = {"cycle": 3, "config_hash": "x", "rank_histogram": [1, 2], "inflation": 1.2}
+    scores |= metrics.scores(ens, ens, truth) | out | {"error_spectrum_analysis": [0.1]}
+    sent = logged(scores)
+    assert sent["rmse_analysis_c"] == pytest.approx(3.0) and sent["inflation"] == 1.2
+    assert set(sent) == {"cycle", "inflation", *metrics.SCORE_NAMES, *out}
 
 
 @pytest.mark.parametrize("filt", ["ensf", "letkf", "none"])

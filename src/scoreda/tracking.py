@@ -10,6 +10,18 @@ from omegaconf import DictConfig, OmegaConf
 from scoreda.metrics import SCORE_NAMES
 
 SCALARS = ("time_hours", *SCORE_NAMES, "inflation")
+_PER_CHANNEL = tuple(f"{name}_" for name in SCORE_NAMES)  # ``<score>_<channel>`` (QG's q1, u1, ...)
+
+
+def logged(scores: dict) -> dict:
+    """What ``Tracker.log`` sends for one cycle's ``scores``: the cycle, ``SCALARS`` and the
+    per-channel scores."""
+    keep = {
+        k: v
+        for k, v in scores.items()
+        if k in SCALARS or (k.startswith(_PER_CHANNEL) and isinstance(v, float))
+    }
+    return {"cycle": scores["cycle"], **keep}
 
 
 class Tracker:
@@ -45,7 +57,7 @@ class Tracker:
 
     def log(self, scores: dict) -> None:
         if self.run is not None:
-            self.run.log({"cycle": scores["cycle"], **{k: scores[k] for k in SCALARS if k in scores}})
+            self.run.log(logged(scores))
 
     def finish(self, summary: dict | None = None) -> None:
         if self.run is None:
