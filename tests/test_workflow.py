@@ -119,6 +119,11 @@ def test_divergence_stops_the_run_and_the_same_command_without_it_resumes(unbrok
     assert json.loads((run_dir / "cycles" / "000001" / "scores.json").read_text()) == ref1
     assert not (run_dir / "cycles" / "000002" / "forecast.h5").exists()
     assert not (run_dir / "metrics.csv").exists()
+    # the same command again stops at once, on the cycle already scored, before any stage runs
+    again = subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=600)
+    assert again.returncode == 1, again.stderr[-3000:]
+    assert [line for line in again.stderr.splitlines() if line.strip()][-1] == last
+    assert not (run_dir / "cycles" / "000002" / "forecast.h5").exists()
     # the bound is not part of the science: lifted, the same run goes on to the unbroken result
     cmd = cycle_cmd(run_dir, "divergence=null")
     out = subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=600)

@@ -47,7 +47,14 @@ from platforms import (  # noqa: E402
     run_validated,
 )
 
-from scoreda.stages.common import Diverged, WalltimeStop, completed_cycles, write_config  # noqa: E402
+from scoreda.stages.common import (  # noqa: E402
+    Diverged,
+    Run,
+    WalltimeStop,
+    check_scored,
+    completed_cycles,
+    write_config,
+)
 from scoreda.stages.evaluate import summary_lines  # noqa: E402
 from scoreda.tracking import Tracker  # noqa: E402
 
@@ -163,10 +170,15 @@ def run(cfg: DictConfig) -> dict:
     the allocation's end (``platform.end_time``); the same command continues the run."""
     run_dir = str(Path(cfg.run_dir).resolve())
     write_config(run_dir, cfg)
+    done = completed_cycles(run_dir, cfg.cycles)  # a resumed run starts after them
+    try:  # a run stopped by ``divergence`` stops again at once, not a cycle later
+        check_scored(Run(run_dir), done)
+    except Diverged as e:
+        print(f"diverged: {e}", file=sys.stderr)
+        sys.exit(1)
     tracker = Tracker(cfg, run_dir, group=sweep_group(cfg))
     t0 = time.perf_counter()
     end_time = allocation_end(cfg)
-    done = completed_cycles(run_dir, cfg.cycles)  # a resumed run starts after them
     stop, diverged, logged = None, None, 0
     with parsl.load(parsl_config(cfg, run_dir, retry_handler=_no_retry_on_stops)):
         scores, gates, final = build_dag(cfg, run_dir, cfg.cycles, end_time, done)

@@ -157,21 +157,28 @@ class Diverged(RuntimeError):
     """The analysis error has left any sensible range (``divergence``): the run stops, not retried."""
 
 
-def check_divergence(run: Run, cycle: int, rmse_analysis: float, truth: torch.Tensor) -> None:
-    """Raise ``Diverged`` when ``rmse_analysis`` > ``divergence`` × σ, σ the std of ``truth`` [.., C, H, W]
-    over its values (≈ 8 K for SQG; the error of a guess of the field's mean). A free ensemble stays
-    within ≈ 3σ (docs/results.md); a diverged filter passes 5σ within a few cycles and then grows
-    without bound."""
+def check_divergence(run: Run, cycle: int, rmse_analysis: float, sigma: float) -> None:
+    """Raise ``Diverged`` when ``rmse_analysis`` > ``divergence`` × σ, σ the std of the truth over its
+    values (``scores.json``'s ``truth_std``; ≈ 8 K for SQG, the error of a guess of the field's mean).
+    A free ensemble stays within ≈ 3σ (docs/results.md); a diverged filter passes 5σ within a few
+    cycles and then grows without bound."""
     factor = run.cfg.divergence
     if factor is None:
         return
-    sigma = float(truth.double().std())
     if not rmse_analysis <= factor * sigma:  # NaN too
         raise Diverged(
             f"cycle {cycle}: analysis RMSE {rmse_analysis:.4g} {run.cfg.model.units} > divergence={factor:g}"
             f" × the truth's std {sigma:.4g}: the filter has diverged, run stopped (scores so far in"
             f" {run.dir}/cycles/*/scores.json; divergence=null lets it go on)"
         )
+
+
+def check_scored(run: Run, scores: list[dict]) -> None:
+    """``check_divergence`` on cycles scored before (a resumed run; scores without ``truth_std``,
+    written before it was kept, are not checked)."""
+    for s in scores:
+        if "truth_std" in s:
+            check_divergence(run, s["cycle"], s["rmse_analysis"], s["truth_std"])
 
 
 class WalltimeStop(RuntimeError):

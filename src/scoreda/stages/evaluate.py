@@ -89,8 +89,9 @@ def evaluate(run_dir, cycle: int) -> dict:
         for kind, ens in (("forecast", fc), ("analysis", an)):
             out[f"error_spectrum_{kind}"] = metrics.error_spectrum(ens, truth, L)[1].tolist()
             out[f"spread_spectrum_{kind}"] = metrics.spread_spectrum(ens, L)[1].tolist()
+    out["truth_std"] = float(truth.double().std())  # the scale of ``divergence``
     write_json(path, out)
-    check_divergence(run, cycle, out["rmse_analysis"], truth)  # after writing: the scores are real
+    check_divergence(run, cycle, out["rmse_analysis"], out["truth_std"])  # after writing: they are real
     return out
 
 
