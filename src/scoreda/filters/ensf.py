@@ -350,13 +350,12 @@ class EnSF:
             x = parts[0].x
         else:
             x = ((local - mean) / std).to(torch.float64)  # [M, d'] standardised members
-        x_sq = (x * x).sum(1)  # ‖x̃_j‖² [M]
-        if allreduce is not None:
-            x_sq = allreduce(x_sq)
-        if not spectral:
             parts = [
                 _Block.make(x, mean, std, y, operator, sl, slice(None), standardised=True) for sl in blocks
             ]
+        x_sq = (x * x).sum(1)  # ‖x̃_j‖² [M]
+        if allreduce is not None:
+            x_sq = allreduce(x_sq)
         del x
         zs = [self._draw(noise, 0, sl, local.dtype).clone() for sl in blocks]
         works = {z.shape: _Work(z) for z in zs}  # at most two widths
@@ -490,6 +489,7 @@ class _Spectral:
     mean: torch.Tensor  # [1, d]
     std: torch.Tensor  # [1, d]
     power: torch.Tensor  # P [C, H, W/2+1]
+    root: torch.Tensor  # P^½, the factor of C^½
     grid: tuple[int, int, int]
     op: ObservationOperator
     y: torch.Tensor
@@ -505,10 +505,12 @@ class _Spectral:
         a_hat = torch.fft.rfft2(((local - mean) / std).reshape(M, C, H, W), norm="ortho")
         power = a_hat.abs().square().sum(0) / max(M - 1, 1)
         power = power.clamp_min(1e-12 * float(power.mean()) + torch.finfo(power.dtype).tiny)
-        x = torch.fft.irfft2(a_hat[rows] / power.sqrt(), s=(H, W), norm="ortho").reshape(-1, d)
+        root = power.sqrt()
+        x = torch.fft.irfft2(a_hat[rows] / root, s=(H, W), norm="ortho").reshape(-1, d)
         x = x if dtype is None else x.to(dtype)
         curv = operator.curvature(mean).reshape(1, d) * std.square() if operator.linear else None
-        return cls(slice(0, d), x, mean, std, power, grid, operator, y, curv, _direct(operator, y, mean))
+        direct = _direct(operator, y, mean)
+        return cls(slice(0, d), x, mean, std, power, root, grid, operator, y, curv, direct)
 
     def _apply(self, f: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
         """F⁻¹ (factor · F f) for fields f [m, d] → [m, d]."""
@@ -518,11 +520,11 @@ class _Spectral:
 
     def to_state(self, z: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         """x = x̄ + S C^½ z into ``out``."""
-        return torch.mul(self._apply(z, self.power.sqrt()), self.std, out=out).add_(self.mean)
+        return torch.mul(self._apply(z, self.root), self.std, out=out).add_(self.mean)
 
     def pull(self, lik: torch.Tensor, h: float) -> torch.Tensor:
         """h · C^½ S ∇ₓlog p: the likelihood score in z."""
-        return self._apply(lik * self.std, self.power.sqrt()).mul_(h)
+        return self._apply(lik * self.std, self.root).mul_(h)
 
     def implicit(self, dz: torch.Tensor, coef: float, xz: torch.Tensor, work) -> None:
         """dz ← (1 + coef A)⁻¹ dz, A v = C^½ (c s² ⊙ C^½ v), by preconditioned conjugate gradients per
@@ -530,12 +532,11 @@ class _Spectral:
         the others; at most ``CG_ITER`` iterations; in place)."""
         C, H, W = self.grid
         w = self.curv if self.curv is not None else self.op.curvature(xz) * self.std.square()
-        root = self.power.sqrt()
         c_bar = w.reshape(*w.shape[:-1], C, H * W).mean(-1)[..., None, None]
         precond = 1.0 / (1.0 + coef * c_bar * self.power)  # [.., C, H, W/2+1]
 
         def op(v):
-            return v + coef * self._apply(w * self._apply(v, root), root)
+            return v + coef * self._apply(w * self._apply(v, self.root), self.root)
 
         v = self._apply(dz, precond)
         r = dz - op(v)
