@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 from pathlib import Path
 
@@ -25,50 +26,64 @@ COLUMNS = (
 )  # fmt: skip
 
 
-def row(run: Path) -> list[str]:
-    s = json.loads((run / "summary.json").read_text())
-    u = s["units"]
-    stages = sum(v["total"] for v in s["wall_seconds"].values())
+def cells(
+    experiment, name, cycles, means: dict, skill: float, shocked: int, per_cycle: str, u: str
+) -> list[str]:
+    """One table row; ``means`` has the time means rmse_analysis, spread_analysis, crps_analysis,
+    rmse_forecast."""
     return [
-        s["experiment"],
-        run.name,
-        s["scored_cycles"],
-        f"{s['mean_rmse_analysis']:.3f} {u}",
-        f"{s['mean_spread_analysis']:.3f} {u}",
-        f"{s['mean_crps_analysis']:.3f} {u}",
-        f"{s['mean_rmse_forecast']:.3f} {u}",
-        f"{s['spread_skill_analysis']:.2f}",
-        str(s["shocked_cycles"]),
-        f"{stages / s['cycles']:.1f}",
+        experiment,
+        name,
+        cycles,
+        *(f"{means[k]:.3f} {u}" for k in ("rmse_analysis", "spread_analysis", "crps_analysis")),
+        f"{means['rmse_forecast']:.3f} {u}",
+        f"{skill:.2f}",
+        str(shocked),
+        per_cycle,
     ]
 
 
+def seconds_per_cycle(summary: dict) -> str:
+    return f"{sum(v['total'] for v in summary['wall_seconds'].values()) / summary['cycles']:.1f}"
+
+
+def row(run: Path) -> list[str]:
+    """The row of a finished run, from its summary.json (cycles after ``burn_in``)."""
+    s = json.loads((run / "summary.json").read_text())
+    means = {
+        k: s[f"mean_{k}"] for k in ("rmse_analysis", "spread_analysis", "crps_analysis", "rmse_forecast")
+    }
+    skill, per_cycle = s["spread_skill_analysis"], seconds_per_cycle(s)
+    return cells(
+        s["experiment"],
+        run.name,
+        s["scored_cycles"],
+        means,
+        skill,
+        s["shocked_cycles"],
+        per_cycle,
+        s["units"],
+    )
+
+
 def window_row(run: Path, first: int, last: int) -> list[str] | None:
-    """The row of ``run`` with means over cycles first..last (None if any of them is not scored)."""
+    """The row of ``run`` with means over cycles first..last (None if any of them is not scored);
+    spread/RMSE is √(mean spread² / mean RMSE²), as in summary.json."""
     files = [run / "cycles" / f"{c:06d}" / "scores.json" for c in range(first, last + 1)]
     if not all(f.is_file() for f in files):
         return None
     sc = [json.loads(f.read_text()) for f in files]
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     units = {"sqg": "K", "qg2l": "1/s"}.get(cfg["model"]["name"], "")
-    mean = {k: statistics.fmean(x[k] for x in sc) for k in sc[0] if isinstance(sc[0][k], float)}
+    means = {k: statistics.fmean(x[k] for x in sc) for k in sc[0] if isinstance(sc[0][k], float)}
+    skill = math.sqrt(
+        statistics.fmean(x["spread_analysis"] ** 2 for x in sc)
+        / statistics.fmean(x["rmse_analysis"] ** 2 for x in sc)
+    )
     summary = run / "summary.json"
-    per_cycle = ""
-    if summary.is_file():
-        s = json.loads(summary.read_text())
-        per_cycle = f"{sum(v['total'] for v in s['wall_seconds'].values()) / s['cycles']:.1f}"
-    return [
-        cfg["experiment_name"],
-        run.name,
-        f"{first}-{last}",
-        f"{mean['rmse_analysis']:.3f} {units}",
-        f"{mean['spread_analysis']:.3f} {units}",
-        f"{mean['crps_analysis']:.3f} {units}",
-        f"{mean['rmse_forecast']:.3f} {units}",
-        f"{mean['spread_analysis'] / mean['rmse_analysis']:.2f}",
-        str(sum(x.get("shock_std", 0.0) > 0 for x in sc)),
-        per_cycle,
-    ]
+    per_cycle = seconds_per_cycle(json.loads(summary.read_text())) if summary.is_file() else ""
+    shocked = sum(x.get("shock_std", 0.0) > 0 for x in sc)
+    return cells(cfg["experiment_name"], run.name, f"{first}-{last}", means, skill, shocked, per_cycle, units)
 
 
 def main() -> None:
