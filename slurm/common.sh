@@ -7,6 +7,13 @@ _job_field() {  # value of KEY= in `scontrol show job -o`
     sed -n "s/.*[[:space:]]$1=\([^[:space:]]*\).*/\1/p" <<<"$2"
 }
 
+_job_pattern() {  # an output path of this job back to its %j pattern: the job id as a whole number in
+    # the file name only (a directory such as /tmp/run-23/ keeps its digits)
+    local dir=${1%/*} base=${1##*/}
+    base=$(sed -E "s/(^|[^0-9])$SLURM_JOB_ID([^0-9]|$)/\1%j\2/g" <<<"$base")
+    [[ $1 == */* ]] && echo "$dir/$base" || echo "$base"
+}
+
 scoreda_resubmit() {  # SCRIPT ARGS...: the same job again, after this one, with its account/partition/qos/size
     local script=$1; shift
     local info n args=() v
@@ -21,8 +28,8 @@ scoreda_resubmit() {  # SCRIPT ARGS...: the same job again, after this one, with
     v=$(_job_field Account "$info"); [[ -n $v && $v != "(null)" ]] && args+=(--account="$v")
     v=$(_job_field Partition "$info"); [[ -n $v ]] && args+=(--partition="$v")
     v=$(_job_field QOS "$info"); [[ -n $v && $v != "(null)" && $v != normal ]] && args+=(--qos="$v")
-    v=$(_job_field StdOut "$info"); [[ -n $v ]] && args+=(--output="${v//$SLURM_JOB_ID/%j}")
-    v=$(_job_field StdErr "$info"); [[ -n $v ]] && args+=(--error="${v//$SLURM_JOB_ID/%j}")
+    v=$(_job_field StdOut "$info"); [[ -n $v ]] && args+=(--output="$(_job_pattern "$v")")
+    v=$(_job_field StdErr "$info"); [[ -n $v ]] && args+=(--error="$(_job_pattern "$v")")
     args+=(--export="ALL,SCOREDA_RESUBMITS=$((n + 1))")
     sbatch "${args[@]}" "$script" "$@"
 }

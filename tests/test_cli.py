@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import xarray as xr
 from hydra import compose, initialize_config_dir
 
@@ -67,6 +68,32 @@ def test_cycle_rejects_bad_config_in_one_line(tmp_path, overrides, key):
     assert len(lines) == 1, p.stderr
     assert lines[0].startswith(f"config error: {key}:"), lines[0]
     assert not run_dir.exists(), f"created {sorted(str(f) for f in run_dir.rglob('*'))}"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "line"),
+    [
+        (["filter.n_step=10"], "config error: filter.n_step: no such key; did you mean filter.n_steps?"),
+        (["+filter.nstep=10"], "config error: filter.nstep: not a valid key; did you mean filter.n_steps?"),
+        (["sed=3"], "config error: sed: no such key; did you mean seed?"),
+        (
+            ["filter=letkf", "filter.cap_spread=true"],
+            "config error: filter.cap_spread: not a key of filter=letkf (it is one of filter=ensf)",
+        ),
+        (
+            ["filter=ensf,letkf"],
+            "config error: filter=ensf,letkf: several values sweep only with -m (--multirun);"
+            " a list is key=[a,b]",
+        ),
+    ],
+    ids=["misspelled", "misspelled-appended", "top-level", "other-option", "sweep-without-m"],
+)
+def test_cycle_says_what_is_wrong_with_a_key_in_one_line(tmp_path, overrides, line):
+    run_dir = tmp_path / "r"
+    p = _run("workflows/cycle.py", *overrides, f"run_dir={run_dir}", timeout=60)
+    assert p.returncode == 2, p.stderr
+    assert [x for x in p.stderr.splitlines() if x.strip()] == [line]
+    assert not run_dir.exists()
 
 
 def test_cycle_help_lists_the_config_groups():
@@ -139,6 +166,61 @@ def test_stage_without_its_input_fails_naming_the_file(tiny_run):
     missing = run_dir / "cycles" / "000002" / "forecast.h5"
     assert str(missing) in p.stderr, p.stderr
     assert not (run_dir / "cycles" / "000002" / "analysis.h5").exists()
+
+
+def test_a_run_shorter_than_its_burn_in_runs_and_takes_the_means_over_all_cycles(tmp_path):
+    from scoreda.stages import analysis, evaluate, forecast, nature
+    from scoreda.stages.evaluate import short_run_note
+
+    run_dir = tmp_path / "run"
+    write_config(run_dir, _config(run_dir, "cycles=1", "burn_in=10"))
+    nature.nature(run_dir, 0)
+    nature.nature(run_dir, 1)
+    forecast.forecast(run_dir, 1)
+    analysis.analysis(run_dir, 1)
+    summary = evaluate.report(run_dir)
+    scores = json.loads((run_dir / "cycles" / "000001" / "scores.json").read_text())
+    assert summary["scored_cycles"] == "1-1" and summary["burn_in"] == 0
+    assert summary["mean_rmse_analysis"] == scores["rmse_analysis"]
+    assert short_run_note(10, 1) == (
+        "note: cycles=1 ≤ burn_in=10: the time means are taken over all 1 cycles (a longer run leaves the"
+        " burn-in out)"
+    )
+    assert short_run_note(10, 11) is None
+
+
+def test_the_spin_up_is_cached_extended_and_bit_for_bit_the_uncached_one(tmp_path, monkeypatch):
+    from scoreda.dynamics.sqg import SQG
+    from scoreda.stages.common import Run
+    from scoreda.stages.nature import nature, spun_up_states
+
+    cache = tmp_path / "cache"
+    plain = tmp_path / "plain"
+    write_config(plain, _config(plain, "cache_dir=null"))
+    nature(plain, 0)
+    assert not cache.exists()
+    first = tmp_path / "first"
+    write_config(first, _config(first, f"cache_dir={cache}"))
+    nature(first, 0)
+    (stored,) = cache.glob("spinup-*.h5")
+    for kind in ("truth", "analysis"):
+        assert torch.equal(Run(first).read(0, kind), Run(plain).read(0, kind)), kind
+    steps = []
+    monkeypatch.setattr(SQG, "step", lambda self, x, n=1, _f=SQG.step: steps.append(n) or _f(self, x, n))
+    second = tmp_path / "second"  # another run directory, the same model and seed: no model step at all
+    write_config(second, _config(second, f"cache_dir={cache}", "cycles=7", "filter=letkf"))
+    nature(second, 0)
+    assert steps == []
+    assert torch.equal(Run(second).read(0, "analysis"), Run(first).read(0, "analysis"))
+    more = tmp_path / "more"  # more members: the cached trajectory goes on from its last state
+    write_config(more, _config(more, f"cache_dir={cache}", "members=6"))
+    nature(more, 0)
+    assert len(steps) == 2  # two more states, one member spacing each
+    run = Run(more)
+    assert torch.equal(run.read(0, "analysis")[:4], Run(first).read(0, "analysis"))
+    assert torch.equal(run.read(0, "analysis")[4], Run(first).read(0, "truth")[0])
+    assert torch.equal(spun_up_states(run, 7), torch.cat([run.read(0, "analysis"), run.read(0, "truth")]))
+    assert stored.exists() and len(steps) == 2
 
 
 # ------------------------------------------------------------------------------------------ write_config

@@ -16,6 +16,7 @@ from scoreda.io import (
     is_complete,
     read_dataset_file,
     read_state,
+    read_variable,
     write_dataset_file,
     write_state,
 )
@@ -230,3 +231,125 @@ def test_config_hash():
     b = config_hash({"a": {"p": Path("/some/run"), "x": [1, 2]}, "b": 1})
     assert a == b and len(a) == 16 and int(a, 16) >= 0
     assert config_hash({"b": 2}) != config_hash({"b": 1})
+
+
+# ------------------------------------------------------------------ coordinates, variable attributes
+
+
+COORDS = {
+    "member": (("member",), np.arange(3), {"long_name": "ensemble member"}),
+    "level": (("level",), np.array(["z=0", "z=H"]), {"long_name": "level or channel"}),
+    "level_units": (("level",), np.array(["K", "m/s"])),
+    "y": (("y",), np.arange(8) * 2500.0, {"units": "km", "axis": "Y"}),
+    "x": (("x",), np.arange(8) * 2500.0, {"units": "km", "axis": "X"}),
+    "cycle": ((), 7, {"long_name": "assimilation cycle"}),
+    "time": ((), 84.0, {"units": "hours"}),
+}
+STATE_ATTRS = {
+    "units": "K",
+    "long_name": "potential temperature",
+    "standard_name": "air_potential_temperature",
+}
+
+
+def test_coordinates_round_trip(tmp_path):
+    """String, scalar and dimension coordinates and variable attributes: read back by our reader (strings
+    as numpy str) and by xarray as coordinates, every chunked variable checksummed."""
+    path = tmp_path / "analysis.h5"
+    x = _state()
+    write_state(path, x, ATTRS, coords=COORDS, state_attrs=STATE_ATTRS)
+    got, attrs = read_state(path, shape=(3, 2, 8, 8), expect_attrs={"cycle": 123})
+    assert np.array_equal(got, x) and attrs["grid"] == "qg64"
+    data, _ = read_dataset_file(path, expect={"level": (2,), "cycle": (), "time": ()})
+    assert data["level"].tolist() == ["z=0", "z=H"] and data["level"].dtype.kind == "U"
+    assert data["level_units"].tolist() == ["K", "m/s"]
+    assert data["cycle"].dtype == np.int64 and int(data["cycle"]) == 7
+    assert data["time"].dtype == np.float32 and float(data["time"]) == 84.0
+    assert data["x"].dtype == np.float32 and data["x"][1] == 2500.0
+    with xr.open_dataset(path, engine="h5netcdf") as ds:
+        assert set(ds.coords) == set(COORDS) and list(ds.data_vars) == ["state"]
+        assert ds["state"].dims == STATE_DIMS and np.array_equal(ds["state"].values, x)
+        assert ds["state"].attrs == STATE_ATTRS  # the coordinates attribute is consumed by xarray
+        assert ds["level"].values.tolist() == ["z=0", "z=H"] and ds["level_units"].dims == ("level",)
+        assert ds["cycle"].dims == () and int(ds["cycle"]) == 7
+        assert float(ds["time"]) == 84.0 and ds["time"].dtype == np.float32  # "hours": not decoded
+        assert ds["x"].attrs == {"units": "km", "axis": "X"} and ds["member"].attrs["long_name"]
+    with h5py.File(path, "r") as f:
+        assert f["state"].attrs["coordinates"] == "level_units cycle time"
+        for name, var in f.items():
+            scalar_or_string = var.shape == () or var.dtype.kind == "O"
+            assert (var.chunks is None) == scalar_or_string, name  # HDF5 cannot chunk/filter those
+            assert var.fletcher32 == (var.chunks is not None), name
+
+
+def test_auxiliary_coordinates_on_another_dimension(tmp_path):
+    """Observations: values and their coordinates on one dimension, named in ``coordinates``."""
+    path = tmp_path / "obs.h5"
+    coords = {
+        "index": (("location",), np.array([3, 70, 130])),
+        "level": (("location",), np.array(["z=0", "z=0", "z=H"])),
+        "x": (("location",), np.array([7.5, 15.0, 22.5]), {"units": "km"}),
+        "cycle": ((), 2),
+    }
+    write_dataset_file(path, {"obs": (("location",), np.array([1.0, 2.0, 3.0]), {"units": "K"})}, {}, coords)
+    with xr.open_dataset(path, engine="h5netcdf") as ds:
+        assert list(ds.data_vars) == ["obs"] and set(ds.coords) == set(coords)
+        assert ds.obs.attrs == {"units": "K"} and ds.x.values.tolist() == [7.5, 15.0, 22.5]
+        assert ds["level"].values.tolist() == ["z=0", "z=0", "z=H"]
+    data, _ = read_dataset_file(path, expect={"obs": (3,), "index": (3,)})
+    assert data["index"].tolist() == [3, 70, 130] and data["obs"].tolist() == [1.0, 2.0, 3.0]
+
+
+def test_old_files_without_coordinates_still_read(tmp_path):
+    """Files from before the coordinates (state without coords; obs on a dimension named ``obs``)."""
+    path = tmp_path / "obs.h5"
+    with h5netcdf.File(path, "w") as f:  # the old writer's layout, written by hand
+        f.dimensions = {"obs": 3}
+        f.create_variable("obs", ("obs",), np.float32, data=np.array([1, 2, 3], np.float32), fletcher32=True)
+        f.create_variable("index", ("obs",), np.int64, data=np.array([4, 5, 6]), fletcher32=True)
+        f.attrs["cycle"] = 1
+    data, attrs = read_dataset_file(path, expect={"obs": (3,), "index": (3,)}, expect_attrs={"cycle": 1})
+    assert data["obs"].tolist() == [1, 2, 3] and data["index"].tolist() == [4, 5, 6]
+    write_state(tmp_path / "a.h5", _state(), ATTRS)  # no coords: the old call still writes
+    assert set(read_dataset_file(tmp_path / "a.h5")[0]) == {"state"}
+
+
+def test_writer_refuses_bad_coordinates_and_leaves_no_file(tmp_path):
+    path = tmp_path / "sub" / "a.h5"
+    for bad, match in [
+        ({"x": (("x",), np.array([0.0, np.nan, 1, 2, 3, 4, 5, 6]))}, "'x' contains 1 non-finite"),
+        ({"time": ((), float("inf"))}, "'time' contains 1 non-finite"),
+        ({"x": (("x",), np.arange(8.0), {"units": float("nan")})}, "'x.units' is non-finite"),
+        ({"state": (("x",), np.arange(8.0))}, "'state' given twice"),
+        ({"x": (("x",), np.arange(7.0))}, "dimension 'x' has size"),
+        ({"x": (("x",), np.arange(8.0), {}, "extra")}, "expected \\(dims, array\\)"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            write_state(path, _state(), ATTRS, coords=bad)
+    with pytest.raises(ValueError, match="unsupported dtype"):  # strings only as coordinates
+        write_state(path, _state(), ATTRS, extra={"names": (("level",), np.array(["a", "b"]))})
+    with pytest.raises(ValueError, match="0-d"):  # scalars only as coordinates
+        write_state(path, _state(), ATTRS, extra={"t": ((), 1.0)})
+    with pytest.raises(ValueError, match="non-finite"):
+        write_state(path, _state(), ATTRS, state_attrs={"scale": float("nan")})
+    assert not path.parent.exists()
+
+
+def test_read_variable(tmp_path):
+    """One variable, checked like the full reader: shape, float32, finite, checksum, one-line errors."""
+    path = tmp_path / "analysis.h5"
+    x = _state()
+    write_state(path, x, ATTRS, coords=COORDS)
+    assert np.array_equal(read_variable(path, "state", (3, 2, 8, 8)), x)
+    assert read_variable(path, "level").tolist() == ["z=0", "z=H"]
+    for name, shape, match in [("nope", None, "missing variable 'nope'"), ("state", (3, 2, 8, 9), "shape")]:
+        with pytest.raises(CheckpointError, match=match):
+            read_variable(path, name, shape)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        read_variable(tmp_path / "gone.h5", "state")
+    bad = tmp_path / "nan.h5"
+    with h5py.File(bad, "w") as f:
+        f.create_dataset("state", data=np.full((1, 1, 2, 2), np.nan, np.float32))
+    with pytest.raises(CheckpointError, match="4 non-finite") as info:
+        read_variable(bad, "state")
+    assert str(info.value).startswith(str(bad)) and "\n" not in str(info.value)

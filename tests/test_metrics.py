@@ -229,3 +229,182 @@ def test_plot_spread_skill(tmp_path):
         zip(("rmse_forecast", "rmse_analysis", "spread_forecast", "spread_analysis"), r, strict=True)
     )
     assert _nonempty_png(plotting.plot_spread_skill(table, tmp_path / "ss.png"))
+
+
+# ------------------------------------------------------------- plotting: colours, burn-in, field axes
+
+
+@pytest.fixture
+def figures(monkeypatch):
+    """The figures the plotting functions build, kept (not saved, not cleared) for inspection."""
+    kept = []
+
+    def keep(fig, path):
+        kept.append(fig)
+        return path
+
+    monkeypatch.setattr(plotting, "_save", keep)
+    return kept
+
+
+def _lines(fig) -> dict:
+    return {ln.get_label(): ln for ax in fig.axes for ln in ax.get_lines()}
+
+
+def _score_table(n=20):
+    t = np.arange(1, n + 1) * 12.0
+    return {
+        "time_hours": t,
+        "rmse_forecast": 2.0 + np.exp(-t / 50),
+        "rmse_analysis": 1.0 + np.exp(-t / 50),
+        "spread_forecast": 1.8 + 0.5 * np.exp(-t / 40),
+        "spread_analysis": 0.9 + 0.5 * np.exp(-t / 40),
+        "obs_error": 1.5,
+    }
+
+
+def test_one_colour_per_quantity_across_plots(figures):
+    from matplotlib.colors import to_rgba
+
+    table = _score_table()
+    plotting.plot_scores(table, "scores.png")
+    k = np.arange(1, 17) * 2 * np.pi / 20.0e6
+    spectra = {f"{kind} {q}": (k, k**-2.0) for q in ("error", "spread") for kind in ("forecast", "analysis")}
+    plotting.plot_spectra(spectra, "spectra.png", slope=None)
+    ke = {name: (k, k**-3.0) for name in ("truth", "forecast mean", "analysis mean", "analysis error")}
+    plotting.plot_spectra(ke, "ke.png")
+    plotting.plot_spread_skill(table, "ss.png")
+    plotting.plot_rank_histogram(np.full(5, 10), "rank.png")
+    scores, spec, ke_fig, ss, rank = figures
+    s, e, k_lines = _lines(scores), _lines(spec), _lines(ke_fig)
+    c = {q: to_rgba(plotting.COLORS[q]) for q in ("truth", "observation", "forecast", "analysis")}
+    assert len(set(c.values())) == 4  # four distinct colours
+    for kind in ("forecast", "analysis"):
+        # the same colour for a quantity in the time series, the error/spread spectra, the KE spectrum
+        assert to_rgba(s[f"RMSE {kind}"].get_color()) == c[kind]
+        assert to_rgba(s[f"spread {kind}"].get_color()) == c[kind]
+        assert to_rgba(e[f"{kind} error"].get_color()) == c[kind]
+        assert to_rgba(e[f"{kind} spread"].get_color()) == c[kind]
+        assert to_rgba(k_lines[f"{kind} mean"].get_color()) == c[kind]
+        assert to_rgba(_lines(ss)[next(x for x in _lines(ss) if x.startswith(kind))].get_color()) == c[kind]
+        # error solid, spread dashed, the mean's own field dotted, in every plot
+        assert s[f"RMSE {kind}"].get_linestyle() == e[f"{kind} error"].get_linestyle() == "-"
+        assert s[f"spread {kind}"].get_linestyle() == e[f"{kind} spread"].get_linestyle() == "--"
+        assert k_lines[f"{kind} mean"].get_linestyle() == ":"
+    assert to_rgba(k_lines["analysis error"].get_color()) == c["analysis"]
+    assert to_rgba(k_lines["truth"].get_color()) == c["truth"]
+    assert to_rgba(s["σo = 1.5 K"].get_color()) == c["observation"]
+    assert to_rgba(rank.axes[0].patches[0].get_facecolor()) == pytest.approx(to_rgba(c["analysis"], 0.8))
+    # a label naming no quantity keeps matplotlib's colour cycle
+    assert plotting.style("k^-5/3") == {}
+    assert plotting.style("RMSE analysis") == {"color": plotting.COLORS["analysis"], "linestyle": "-"}
+
+
+def _spans(ax):
+    return [p for p in ax.patches if p.get_label().startswith("burn-in")]
+
+
+def test_plot_scores_shades_the_burn_in(figures):
+    table = _score_table(20)  # cycles 1..20, 12 h apart
+    plotting.plot_scores(table, "a.png", burn_in_hours=36.0)  # burn_in = 3 cycles
+    plotting.plot_scores(table, "b.png", burn_in_hours=0.0)
+    plotting.plot_scores(table, "c.png", burn_in_hours=300.0)  # longer than the run (240 h)
+    plotting.plot_scores(
+        {k: v[:1] if k != "obs_error" else v for k, v in table.items()}, "d.png", burn_in_hours=24
+    )
+    (a,), (b,), (c,), (d,) = (f.axes for f in figures)
+    (span,) = _spans(a)
+    x0, x1 = span.get_x(), span.get_x() + span.get_width()
+    assert (x0, x1) == (0.0, 36.0) and a.get_xlim() == (0.0, 240.0)
+    legend = [t.get_text() for t in a.get_legend().get_texts()]
+    assert "burn-in (not in the time means)" in legend
+    assert _spans(b) == [] and not any("burn-in" in t.get_text() for t in b.get_legend().get_texts())
+    (span,) = _spans(c)  # the whole run shaded, and said so
+    assert (span.get_x(), span.get_x() + span.get_width()) == (0.0, 240.0)
+    assert span.get_label() == "burn-in: the whole run"
+    assert _spans(d)[0].get_label() == "burn-in: the whole run"  # one cycle, no crash
+
+
+def test_plot_fields_axes_errors_and_stations(figures):
+    rng = np.random.default_rng(12)
+    truth = 10 + rng.normal(size=(2, 16, 16))
+    fmean, amean = truth + rng.normal(size=truth.shape), truth + 0.3 * rng.normal(size=truth.shape)
+    fields = {"truth": truth, "analysis mean": amean}
+    errors = {"forecast mean − truth": fmean - truth, "analysis mean − truth": amean - truth}
+    observed = np.zeros(truth.shape, dtype=bool)
+    observed[:, ::4, ::4] = True  # every 4th point: 16 a level
+    plotting.plot_fields(fields, "f.png", ("z=0", "z=H"), "K", "t", errors, 20000.0, stations=observed)
+    (fig,) = figures
+    panels = [ax for ax in fig.axes if ax.images]
+    assert len(panels) == 8  # 2 levels × (2 states + 2 errors)
+    assert len(fig.axes) - len(panels) == 4  # a colourbar per scale per level: state and error
+    cbar_labels = {ax.get_ylabel() for ax in fig.axes if not ax.images}
+    assert cbar_labels == {"z=0 (K)", "z=0 error (K)", "z=H (K)", "z=H error (K)"}
+    grid = np.array(panels).reshape(2, 4)
+    assert [ax.get_title() for ax in grid[0]] == ["truth, observed points", *list(fields)[1:], *errors]
+    dx = 20000.0 / 16
+    for ax in grid.flat:
+        assert ax.images[0].get_extent() == pytest.approx([-dx / 2, 20000 - dx / 2, -dx / 2, 20000 - dx / 2])
+    assert all(ax.get_xlabel() == "x (km)" for ax in grid[1])
+    assert grid[0, 0].get_ylabel() == "z=0\ny (km)" and grid[1, 0].get_ylabel() == "z=H\ny (km)"
+    for r in range(2):
+        state, err = [ax.images[0] for ax in grid[r, :2]], [ax.images[0] for ax in grid[r, 2:]]
+        lo, hi = min(truth[r].min(), amean[r].min()), max(truth[r].max(), amean[r].max())
+        assert all(im.get_clim() == pytest.approx((lo, hi)) for im in state)  # one state scale a row
+        m = max(np.abs(fmean[r] - truth[r]).max(), np.abs(amean[r] - truth[r]).max())
+        assert all(im.get_clim() == pytest.approx((-m, m)) for im in err)  # symmetric, shared
+        assert err[0].get_cmap().name.startswith(plotting.ERROR_CMAP)
+        assert state[0].get_cmap().name.startswith(plotting.FIELD_CMAP)
+        (marks,) = grid[r, 0].get_lines()  # the observed points, at their cells' positions
+        assert len(marks.get_xdata()) == 16
+        np.testing.assert_allclose(sorted(set(marks.get_xdata())), np.arange(0, 16, 4) * dx)
+        assert marks.get_markerfacecolor() == plotting.COLORS["observation"]
+        assert not any(ax.get_lines() for ax in grid[r, 1:])
+
+
+@pytest.mark.parametrize("observation", ["full", "subsample"])
+def test_report_field_plots_show_errors_and_observed_points(tmp_path, monkeypatch, observation):
+    """A tiny SQG run through the stages: fields.png gets the error panels and km axes; every point
+    observed → an observation panel, every 4th → the observed points on the truth panel instead;
+    the time series shade the burn-in."""
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+
+    from scoreda.config import validate
+    from scoreda.stages.analysis import analysis
+    from scoreda.stages.common import write_config
+    from scoreda.stages.evaluate import report
+    from scoreda.stages.forecast import forecast
+    from scoreda.stages.nature import nature
+
+    calls = {}
+    for name in ("plot_fields", "plot_scores", "plot_spectra", "plot_spread_skill", "plot_rank_histogram"):
+        monkeypatch.setattr(
+            plotting, name, lambda *a, _n=name, **kw: calls.setdefault(_n, []).append((a, kw))
+        )
+    run_dir = tmp_path / "run"
+    overrides = ["model.N=16", "members=4", "cycles=2", "burn_in=1", "model.spinup_cycles=2"]
+    overrides += ["model.member_spacing_cycles=1", "filter.n_steps=5", f"observation={observation}"]
+    overrides += ["observation.every=4"] if observation == "subsample" else []
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    with initialize_config_dir(config_dir=str(configs), version_base="1.3"):
+        cfg = validate(compose("config", overrides=[*overrides, f"run_dir={run_dir}"]))
+    write_config(run_dir, cfg)
+    for k in range(3):
+        nature(run_dir, k)
+    for k in (1, 2):
+        forecast(run_dir, k)
+        analysis(run_dir, k)
+    report(run_dir)
+    ((args, kw),) = calls["plot_fields"]
+    fields, errors, length, stations = args[0], args[5], args[6], kw["stations"]
+    assert list(errors) == ["forecast mean − truth", "analysis mean − truth"] and length == 20000.0
+    assert errors["analysis mean − truth"].shape == (2, 16, 16)
+    if observation == "full":
+        assert list(fields) == ["truth", "observation", "analysis mean"] and stations is None
+    else:
+        assert list(fields) == ["truth", "analysis mean"]
+        assert stations.shape == (2, 16, 16) and stations.sum() == 2 * 16  # 4 × 4 points a level
+    ((_, kw),) = calls["plot_scores"]
+    assert kw["burn_in_hours"] == 12.0  # cycle 1 of 2

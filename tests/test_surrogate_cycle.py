@@ -89,6 +89,55 @@ def test_pretrain_workflow_writes_weights_and_report(pretrained):
     assert report["noisy"]["rmse_sqg"] > 0.5  # from a perturbed start it does not
 
 
+def _tiny_pretrain(out_dir: Path, *extra: str) -> tuple[dict, str]:
+    """A tiny pre-training through its stage functions (train as its own single process, as the workflow
+    runs it): 2 SQG runs of 3 cycles as hourly frames, a 6-h ViT step; train.json and the train stdout."""
+    from omegaconf import OmegaConf
+
+    from scoreda.io import write_text
+    from scoreda.stages import pretrain
+
+    overrides = [*TINY, f"pretrain.out_dir={out_dir}", "pretrain.trajectories=2", "pretrain.held_out=1"]
+    overrides += ["pretrain.length=3", "pretrain.decorrelate_cycles=0", "surrogate.step_hours=6", *extra]
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = validate(compose("config", overrides=overrides))
+    write_text(out_dir / "config.yaml", OmegaConf.to_yaml(cfg))
+    pretrain.trajectory(out_dir)
+    out = run([sys.executable, "-m", "scoreda.stages.pretrain", "train", "--out-dir", str(out_dir)])
+    return json.loads((out_dir / "train.json").read_text()), out.stdout
+
+
+def test_pretrain_trains_all_steps_without_a_time_limit(tmp_path):
+    """The default has no time limit: exactly pretrain.steps steps, the rolled-out phase from step
+    steps − rollout_steps, whatever the machine's load."""
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        assert validate(compose("config")).pretrain.max_minutes is None
+        with pytest.raises(ValueError, match="pretrain.max_minutes"):
+            validate(compose("config", overrides=["pretrain.max_minutes=0"]))
+    train, stdout = _tiny_pretrain(tmp_path, "pretrain.steps=3", "pretrain.rollout_steps=1")
+    assert train["steps"] == len(train["losses"]) == 3
+    assert train["rollout_from"] == 2
+    assert train["stopped_early"] is False and train["reason"] is None
+    assert "stopped early" not in stdout
+
+
+def test_pretrain_time_limit_stops_early_and_says_so(tmp_path):
+    """pretrain.max_minutes=0.001 (60 ms) stops at a step boundary long before 1000 steps; the training
+    job prints it in one line, train.json and report.json record it."""
+    from scoreda.stages import pretrain
+
+    train, stdout = _tiny_pretrain(tmp_path, "pretrain.steps=1000", "pretrain.max_minutes=0.001")
+    n = train["steps"]
+    assert 1 <= n < 1000 and len(train["losses"]) == n
+    reason = f"pretrain.max_minutes=0.001 reached at step {n} of 1000"
+    assert train["stopped_early"] is True and train["reason"] == reason
+    assert [line for line in stdout.splitlines() if "stopped early" in line] == [f"stopped early: {reason}"]
+    report = pretrain.evaluate(tmp_path)
+    assert report["train"]["steps"] == n
+    assert report["train"]["stopped_early"] is True and report["train"]["reason"] == reason
+    assert json.loads((tmp_path / "report.json").read_text())["train"]["reason"] == reason
+
+
 def _weights(tmp_path, *extra) -> Path:
     """Random tiny weights in the pre-training format (the cycle only needs a valid file)."""
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):

@@ -67,6 +67,7 @@ def test_run_directory_contents(unbroken):
     assert all(float(r["rmse_analysis"]) < float(r["rmse_forecast"]) for r in rows)
     offline = list((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(offline) == 1 and offline[0].stat().st_size > 0  # W&B offline log, `wandb sync`-able
+    assert f"upload it with: wandb sync {offline[0].parent}" in stdout  # the run says where it is
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["scored_cycles"] == "3-8" and np.isfinite(summary["mean_rmse_analysis"])
     assert {"nature", "forecast", "analysis"} <= set(summary["wall_seconds"])

@@ -43,11 +43,15 @@ from platforms import (  # noqa: E402
     launch_command,
     mpi_command,
     parsl_config,
-    precheck_groups,
+    precheck_overrides,
     run_validated,
 )
+from watchdog import Tasks, Watchdog, WorkflowError, wait  # noqa: E402
 
+from scoreda.config import ConfigError  # noqa: E402
+from scoreda.stages import preflight  # noqa: E402
 from scoreda.stages.common import (  # noqa: E402
+    MISSING,
     Diverged,
     Run,
     WalltimeStop,
@@ -55,7 +59,8 @@ from scoreda.stages.common import (  # noqa: E402
     completed_cycles,
     write_config,
 )
-from scoreda.stages.evaluate import summary_lines  # noqa: E402
+from scoreda.stages.evaluate import short_run_note, summary_lines  # noqa: E402
+from scoreda.stages.verify import set_aside, verify_complete  # noqa: E402
 from scoreda.tracking import Tracker  # noqa: E402
 
 EXIT_WALLTIME = 75  # EX_TEMPFAIL: stopped before the allocation's end, not finished; resubmit
@@ -63,10 +68,11 @@ EXIT_WALLTIME = 75  # EX_TEMPFAIL: stopped before the allocation's end, not fini
 
 @python_app
 def stage_app(stage, run_dir, cycle, inputs=()):
-    """One stage of one cycle in a Parsl worker: ``scoreda.stages.<stage>.<stage>(run_dir, cycle)``."""
-    import importlib
+    """One stage of one cycle in a Parsl worker (``scoreda.stages.common.run_stage``): its result and
+    notes, or one ``StageFailed`` line."""
+    from scoreda.stages.common import run_stage
 
-    return getattr(importlib.import_module(f"scoreda.stages.{stage}"), stage)(run_dir, cycle)
+    return run_stage(stage, run_dir, cycle)
 
 
 @bash_app
@@ -74,15 +80,17 @@ def analysis_mpi_app(command, inputs=(), stdout=None, stderr=None):
     return command
 
 
-def analysis_future(cfg: DictConfig, run_dir: str, cycle: int, inputs):
+def analysis_future(cfg: DictConfig, run_dir: str, cycle: int, inputs, tasks: Tasks, replaces=()):
     """analysis(k): in a Parsl worker, or as an MPI job of ``filter.ranks`` ranks (``mpi_command``:
     ``mpiexec`` here, an ``srun`` job step on Slurm) when ``filter.ranks`` > 1."""
     if cfg.filter.ranks == 1:
-        return stage_app("analysis", run_dir, cycle, inputs=inputs)
+        fut = stage_app("analysis", run_dir, cycle, inputs=inputs)
+        return tasks.add("analysis", cycle, fut, None, replaces)
     args = ["--run-dir", run_dir, "--cycle", str(cycle)]
     command = mpi_command(cfg, "scoreda.stages.analysis", args, cfg.filter.ranks)
     log = Path(run_dir) / "logs" / f"analysis-{cycle:06d}"
-    return analysis_mpi_app(command, inputs=inputs, stdout=f"{log}.out", stderr=f"{log}.err")
+    fut = analysis_mpi_app(command, inputs=inputs, stdout=f"{log}.out", stderr=f"{log}.err")
+    return tasks.add("analysis", cycle, fut, Path(f"{log}.err"), replaces)
 
 
 @python_app
@@ -98,12 +106,13 @@ def train_app(command, inputs=(), stdout=None, stderr=None):
     return command
 
 
-def train_future(cfg: DictConfig, run_dir: str, cycle: int, inputs):
+def train_future(cfg: DictConfig, run_dir: str, cycle: int, inputs, tasks: Tasks, replaces=()):
     """train(k): online fine-tuning on ``parallel.ranks`` processes started by ``parallel.launcher``."""
     args = ["--run-dir", run_dir, "--cycle", str(cycle)]
     command = launch_command(cfg, "scoreda.stages.train", args, cfg.parallel.ranks)
     log = Path(run_dir) / "logs" / f"train-{cycle:06d}"
-    return train_app(command, inputs=inputs, stdout=f"{log}.out", stderr=f"{log}.err")
+    fut = train_app(command, inputs=inputs, stdout=f"{log}.out", stderr=f"{log}.err")
+    return tasks.add("train", cycle, fut, Path(f"{log}.err"), replaces)
 
 
 @python_app
@@ -113,20 +122,45 @@ def report_app(run_dir, cycles, inputs=()):
     return report(run_dir, cycles)
 
 
-def build_dag(cfg: DictConfig, run_dir: str, cycles: int, end_time: float | None = None, done=()):
+def repair(cfg: DictConfig, run_dir: str, bad, tasks: Tasks):
+    """Remake the bad files of complete cycles (``scoreda.stages.verify``), one stage after another in
+    cycle order, so that every input is good when it is read; returns the last future (None: none)."""
+    last, groups = None, {}
+    for b in bad:  # truth and obs of one cycle are both remade by nature(k): one task
+        groups.setdefault((b.cycle, b.stage), []).append(b)
+    for (k, stage), files in groups.items():
+        inputs = [last] if last is not None else []
+        if stage == "analysis":
+            last = analysis_future(cfg, run_dir, k, inputs, tasks, files)
+        elif stage == "train":
+            last = train_future(cfg, run_dir, k, inputs, tasks, files)
+        else:
+            last = tasks.add(stage, k, stage_app(stage, run_dir, k, inputs=inputs), None, files)
+    return last
+
+
+def build_dag(cfg: DictConfig, run_dir: str, cycles: int, end_time=None, done=(), bad=(), tasks=None):
     """Chain the futures of every cycle after ``done`` (the scores of the complete cycles 1, 2, …,
-    launched no more); returns (evaluate futures, walltime gates, report future).
+    launched no more), after the repairs of ``bad`` files; returns (evaluate futures, walltime gates,
+    report future). Every future is registered in ``tasks`` with its stage and cycle.
 
     With an ``end_time`` (the allocation's end), forecast(k) also waits for a gate that lets cycle k
     start only if it can finish in time; a refused gate fails cycle k and everything after it.
     """
+    tasks = tasks if tasks is not None else Tasks()
     scores, gates = [_resolved(s) for s in done], []
-    truth = stage_app("nature", run_dir, 0) if not done else None
+    repaired = repair(cfg, run_dir, [b for b in bad if b.cycle <= len(done) and done], tasks)
+    if done:
+        truth = repaired
+    else:  # nature(0) remakes cycle 0's bad files itself (missing ones: not made yet)
+        zero = [b for b in bad if b.cycle == 0 and b.problem != MISSING]
+        truth = tasks.add("nature", 0, stage_app("nature", run_dir, 0), None, zero)
     ensemble = truth  # cycle 0 writes the initial ensemble too
     online = cfg.forecaster.name == "vit" and cfg.surrogate.online
     trained = {}  # cycle -> train future (online fine-tuning)
     for k in range(len(done) + 1, cycles + 1):
-        truth = stage_app("nature", run_dir, k, inputs=[truth] if truth else [])
+        fut = stage_app("nature", run_dir, k, inputs=[truth] if truth else [])
+        truth = tasks.add("nature", k, fut)
         waits = [trained[j]] if (j := k - 1 - cfg.surrogate.lag) in trained else []
         if cfg.divergence is not None and j >= 1:  # evaluate(j) needs nothing forecast(k) does not
             waits.append(scores[j - 1])
@@ -135,20 +169,23 @@ def build_dag(cfg: DictConfig, run_dir: str, cycles: int, end_time: float | None
             done_before = [f for f in (ensemble, trained.get(k - 1)) if f is not None]
             margin, floor = cfg.platform.stop_margin_s, cfg.platform.min_cycle_s
             gates.append(gate_app(run_dir, k, end_time, margin, previous, floor, inputs=done_before))
-            waits.append(gates[-1])
-        fc = stage_app("forecast", run_dir, k, inputs=[f for f in (ensemble, *waits) if f is not None])
-        ensemble = analysis_future(cfg, run_dir, k, inputs=[fc, truth])
+            waits.append(tasks.add("walltime gate", k, gates[-1]))
+        fut = stage_app("forecast", run_dir, k, inputs=[f for f in (ensemble, *waits) if f is not None])
+        fc = tasks.add("forecast", k, fut)
+        ensemble = analysis_future(cfg, run_dir, k, [fc, truth], tasks)
         if online:  # train(k) after analysis(k) and train(k−1); overlaps forecast(k+1) when lag = 1
             previous = [trained[k - 1]] if k - 1 in trained else []  # none: done in an earlier run
-            trained[k] = train_future(cfg, run_dir, k, inputs=[ensemble, *previous])
-        done = [ensemble, *([trained[k]] if online else [])]
-        scores.append(stage_app("evaluate", run_dir, k, inputs=done))
-    return scores, gates, report_app(run_dir, cycles, inputs=scores)
+            previous += [repaired] if repaired is not None and k == len(done) + 1 else []
+            trained[k] = train_future(cfg, run_dir, k, [ensemble, *previous], tasks)
+        after = [ensemble, *([trained[k]] if online else [])]
+        scores.append(tasks.add("evaluate", k, stage_app("evaluate", run_dir, k, inputs=after)))
+    final = report_app(run_dir, cycles, inputs=[*scores, *([repaired] if repaired is not None else [])])
+    return scores, gates, tasks.add("report", cycles, final)
 
 
 def _resolved(value) -> Future:
     f = Future()
-    f.set_result(value)
+    f.set_result({"result": value, "notes": []})
     return f
 
 
@@ -158,19 +195,59 @@ def _no_retry_on_stops(e: Exception, task_record) -> float:
     return float("inf") if isinstance(e, WalltimeStop | Diverged) else 1.0
 
 
-def _walltime_stop(gates) -> WalltimeStop | None:
-    for g in gates:
-        if g.done() and isinstance(g.exception(), WalltimeStop):
-            return g.exception()
-    return None
+def say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def fail(message: str, code: int = 1):
+    say(f"error: {message}")
+    sys.exit(code)
+
+
+def prepare(cfg: DictConfig, run_dir: str):
+    """Everything before the DAG, each failure one line before any work: the surrogate's weights load,
+    the run directory is writable and holds this experiment, the run fits on its disk; then the files of
+    the complete cycles are validated and the bad ones set aside. Returns (done scores, bad files)."""
+    try:
+        preflight.check_inputs(cfg)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        sys.exit(2)
+    try:
+        preflight.check_writable(run_dir)
+        write_config(run_dir, cfg)
+    except preflight.PreflightError as e:
+        fail(str(e), 2)
+    except ValueError as e:  # another experiment's run directory
+        fail(f"run_dir: {e}", 2)
+    except OSError as e:
+        fail(f"run_dir: cannot write {e.filename or run_dir} ({e.strerror})", 2)
+    t0 = time.perf_counter()
+    bad, n_done = verify_complete(run_dir, cfg.cycles)
+    if n_done:
+        say(
+            f"checked the files of {n_done} complete cycle(s) in {time.perf_counter() - t0:.1f} s:"
+            f" {len(bad) or 'none'} to remake"
+        )
+    set_aside(bad)
+    done = completed_cycles(run_dir, cfg.cycles)  # a resumed run starts after them
+    try:
+        preflight.check_space(run_dir, cfg, len(done))
+    except preflight.PreflightError as e:
+        fail(str(e))
+    if (note := short_run_note(cfg.burn_in, cfg.cycles)) is not None:
+        say(note)
+    return done, bad
 
 
 def run(cfg: DictConfig) -> dict:
     """Run (or resume) the cycle. Exits with ``EXIT_WALLTIME`` after the last cycle that fits before
-    the allocation's end (``platform.end_time``); the same command continues the run."""
+    the allocation's end (``platform.end_time``); the same command continues the run. Any failure ends
+    it with one line naming the stage, the cycle and the file (exit 1), never a wait."""
     run_dir = str(Path(cfg.run_dir).resolve())
-    write_config(run_dir, cfg)
-    done = completed_cycles(run_dir, cfg.cycles)  # a resumed run starts after them
+    if cfg.cache_dir:
+        cfg.cache_dir = str(Path(cfg.cache_dir).resolve())  # the workers' working directory may differ
+    done, bad = prepare(cfg, run_dir)
     try:  # a run stopped by ``divergence`` stops again at once, not a cycle later
         check_scored(Run(run_dir), done)
     except Diverged as e:
@@ -179,27 +256,32 @@ def run(cfg: DictConfig) -> dict:
     tracker = Tracker(cfg, run_dir, group=sweep_group(cfg))
     t0 = time.perf_counter()
     end_time = allocation_end(cfg)
-    stop, diverged, logged = None, None, 0
-    with parsl.load(parsl_config(cfg, run_dir, retry_handler=_no_retry_on_stops)):
-        scores, gates, final = build_dag(cfg, run_dir, cfg.cycles, end_time, done)
+    stop, diverged, error, logged = None, None, None, 0
+    with parsl.load(parsl_config(cfg, run_dir, retry_handler=_no_retry_on_stops)) as dfk:
+        tasks = Tasks()
+        scores, gates, final = build_dag(cfg, run_dir, cfg.cycles, end_time, done, bad, tasks)
+        dog = Watchdog(dfk, cfg.platform.lost_after_s)
         progress = _progress(cfg)
-        for fut in scores:  # log in cycle order as results arrive
-            try:
-                s = fut.result()
-            except Diverged as e:
-                diverged = e
-                break
-            except Exception:
-                if (stop := _walltime_stop(gates)) is None:
-                    raise
-                break
-            tracker.log(s)
-            progress(s)
-            logged += 1
-        if stop or diverged:  # the failed cycles' dependants fail in Parsl callbacks as it shuts down
+        try:
+            for fut in scores:  # log in cycle order as results arrive
+                s = wait(fut, tasks, dog, say)["result"]
+                tracker.log(s)
+                progress(s)
+                logged += 1
+            summary = wait(final, tasks, dog, say)
+        except Diverged as e:
+            diverged = e
+        except WalltimeStop as e:
+            stop = e
+        except WorkflowError as e:
+            error = e
+        if stop or diverged or error:  # the failed cycles' dependants fail in Parsl callbacks at shutdown
+            progress(None)
             logging.getLogger("concurrent.futures").setLevel(logging.CRITICAL)
-        summary = None if stop or diverged else final.result()
     parsl.clear()
+    if error:
+        tracker.finish()
+        fail(str(error))
     if diverged:
         tracker.finish()
         print(f"diverged: {diverged}", file=sys.stderr)
@@ -212,8 +294,10 @@ def run(cfg: DictConfig) -> dict:
         print(f"walltime: {stop}; run the same command to continue ({run_dir})", file=sys.stderr)
         sys.exit(EXIT_WALLTIME)
     summary["wall_seconds_total"] = time.perf_counter() - t0
-    tracker.finish(summary)
+    where = tracker.finish(summary)
     _print_summary(cfg, run_dir, summary)
+    if where is not None:
+        print(f"W&B offline run: {where}\n  upload it with: wandb sync {where}")
     return summary
 
 
@@ -244,9 +328,11 @@ def _progress(cfg):
     bar.start()
     u = cfg.model.units
 
-    def update(s):
-        bar.update(task, advance=1, info=f"RMSE fc {s['rmse_forecast']:.3f} an {s['rmse_analysis']:.3f} {u}")
-        if s["cycle"] == cfg.cycles:
+    def update(s):  # None: the run stops here
+        if s is not None:
+            info = f"RMSE fc {s['rmse_forecast']:.3f} an {s['rmse_analysis']:.3f} {u}"
+            bar.update(task, advance=1, info=info)
+        if s is None or s["cycle"] == cfg.cycles:
             bar.stop()
 
     return update
@@ -264,7 +350,8 @@ def _print_summary(cfg, run_dir, summary):
     table.add_row("wall time", f"{summary['wall_seconds_total']:.1f} s")
     console = Console()
     console.print(table)
-    console.print(f"outputs: {run_dir}/ (metrics.csv, summary.json, plots/*.png, cycles/NNNNNN/*.h5)")
+    print(f"outputs: {run_dir}/ (metrics.csv, summary.json, plots/*.png, cycles/NNNNNN/*.h5)")
+    print(f"  as data: scoreda.open_run({run_dir!r}, 'analysis'), scoreda.open_metrics({run_dir!r})")
 
 
 @hydra.main(config_path="../configs", config_name="config", version_base="1.3")
@@ -273,5 +360,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    precheck_groups(ROOT / "configs", sys.argv[1:])
+    precheck_overrides(ROOT / "configs", sys.argv[1:])
     main()

@@ -80,6 +80,8 @@ def parsl_config(cfg: DictConfig, run_dir: str, retry_handler=None) -> Config:
         retries=p.retries,
         retry_handler=retry_handler,
         strategy="simple" if mode == "submit" else "none",  # submit: keep one block alive
+        # the first block starts at the poller's first tick: at once here, not 5 s into every run
+        strategy_period=5 if mode == "submit" else 0.2,
         initialize_logging=False,
     )
 
@@ -156,20 +158,95 @@ def allocation_end(cfg: DictConfig) -> float | None:
     return end_time_seconds(value)
 
 
-def precheck_groups(config_dir: Path, overrides: list[str]) -> None:
-    """Reject ``group=option`` overrides whose option file does not exist, in one line, before Hydra."""
+def _refuse(message: str) -> None:
+    print(f"config error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def precheck_overrides(config_dir: Path, args: list[str]) -> None:
+    """Reject, in one line before Hydra, the overrides Hydra would answer with a traceback or with
+    advice that then fails: a ``group=option`` whose file does not exist, a key the config does not
+    have (with the closest keys: "did you mean"), an override that does not parse."""
+    overrides = [a for a in args if not a.startswith("-")]
     for arg in overrides:
-        if "=" not in arg or arg.startswith(("-", "+", "~", "hydra")):
+        if "=" not in arg or arg.startswith(("+", "~", "hydra")):
             continue
         key, value = arg.split("=", 1)
         group = config_dir / key
         if group.is_dir() and "," not in value and not (group / f"{value}.yaml").is_file():
             options = sorted(f.stem for f in group.glob("*.yaml"))
-            print(
-                f"config error: {key}: unknown option {value!r} (available: {', '.join(options)})",
-                file=sys.stderr,
-            )
-            sys.exit(2)
+            _refuse(f"{key}: unknown option {value!r} (available: {', '.join(options)})")
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except HydraException as e:
+        _refuse(" ".join(str(e).split())[:300])
+    sweeps = [o.input_line for o in parsed if o.is_sweep_override()]
+    if sweeps and not {"-m", "--multirun"} & set(args):
+        _refuse(f"{sweeps[0]}: several values sweep only with -m (--multirun); a list is key=[a,b]")
+    plain = [
+        o.input_line for o in parsed if not o.is_sweep_override() and not o.key_or_group.startswith("hydra")
+    ]
+    problem = _unknown_key(config_dir, plain)
+    if problem:
+        _refuse(problem)
+
+
+def _join(parent: str, key: str) -> str:
+    return f"{parent}.{key}" if parent else key
+
+
+def _compose(config_dir: Path, overrides: list[str]):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+        return compose("config", overrides=overrides)
+
+
+def _unknown_key(config_dir: Path, overrides: list[str]) -> str | None:
+    """One line for the first override whose key the composed config lacks, else None."""
+    import difflib
+    import re
+
+    from hydra.errors import HydraException
+    from omegaconf import DictConfig, OmegaConf
+
+    try:
+        _compose(config_dir, overrides)
+        return None
+    except HydraException as e:
+        found = re.search(r"Could not override '([^']+)'", str(e))
+        if not found:
+            return None  # Hydra's own message
+        key = found.group(1)
+    rest = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") != key]
+    try:
+        cfg = _compose(config_dir, rest)
+    except HydraException:
+        return f"{key}: no such key"
+    parent, _, leaf = key.rpartition(".")
+    node = OmegaConf.select(cfg, parent) if parent else cfg
+    if not isinstance(node, DictConfig):
+        return f"{key}: no such key ({parent} has no keys)"
+    keys = [str(k) for k in node.keys()]
+    close = difflib.get_close_matches(leaf, keys, n=3, cutoff=0.6)
+    owners = (
+        [
+            f"{parent}={f.stem}"
+            for f in sorted((config_dir / parent).glob("*.yaml"))
+            if re.search(rf"^{re.escape(leaf)}:", f.read_text(), re.M)
+        ]
+        if parent
+        else []
+    )
+    if owners:
+        where = f"{parent}={node.get('name', '?')}"
+        return f"{key}: not a key of {where} (it is one of {', '.join(owners)})"
+    if close:
+        return f"{key}: no such key; did you mean {' or '.join(_join(parent, c) for c in close)}?"
+    return f"{key}: no such key (the keys of {parent or 'the config'}: {', '.join(keys)})"
 
 
 def run_validated(run: Callable[[DictConfig], object], cfg: DictConfig) -> None:

@@ -7,6 +7,11 @@ trajectory (nature runs, reused when they exist) → train (``parallel.ranks`` p
 ``parallel.launcher``; output in ``DIR/logs/train.{out,err}``) → evaluate (held-out 12-hour
 forecast RMSE against persistence and the SQG model). DIR is ``pretrain.out_dir``
 (``runs/pretrain/<preset>``); its ``weights.pt`` is where ``forecaster=vit`` looks by default.
+
+Training takes all ``pretrain.steps`` steps (7000 by default; about 15 min on a quiet 2-core machine
+for ``vit_tiny``), however long that takes: the result does not depend on the machine's load.
+``pretrain.max_minutes=M`` adds a time limit; when it stops training early, the training log, the
+summary printed at the end and ``report.json`` (``train.stopped_early``, ``train.reason``) say so.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "workflows"))
 os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
 
-from platforms import launch_command, parsl_config, precheck_groups, run_validated  # noqa: E402
+from platforms import launch_command, parsl_config, precheck_overrides, run_validated  # noqa: E402
 
 from scoreda.io import write_text  # noqa: E402
 
@@ -89,6 +94,8 @@ def _print(cfg: DictConfig, out_dir: Path, r: dict) -> None:
         f"ViT / persistence = {r['ratio_vit_persistence']:.3f} (target ≤ 0.5: {verdict}); "
         f"{t.get('steps')} steps in {t.get('seconds', 0) / 60:.1f} min on {t.get('ranks')} rank(s)"
     )
+    if t.get("stopped_early"):
+        console.print(f"[bold]stopped early[/bold]: {t.get('reason')} (the result is not the full run's)")
     console.print(f"weights: {out_dir / 'weights.pt'}  report: {out_dir / 'report.json'}")
 
 
@@ -98,5 +105,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    precheck_groups(ROOT / "configs", sys.argv[1:])
+    precheck_overrides(ROOT / "configs", sys.argv[1:])
     main()

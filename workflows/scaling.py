@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "workflows"))
 os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
 
-from platforms import launch_command, mpi_command, precheck_groups, run_validated  # noqa: E402
+from platforms import launch_command, mpi_command, precheck_overrides, run_validated  # noqa: E402
 
 from scoreda.io import write_text  # noqa: E402
 
@@ -218,5 +218,5 @@ def main(cfg: DictConfig) -> None:
 if __name__ == "__main__":
     if DRY_RUN in sys.argv:  # a flag, not a Hydra override
         sys.argv = [a for a in sys.argv if a != DRY_RUN] + ["scaling.dry_run=true"]
-    precheck_groups(ROOT / "configs", sys.argv[1:])
+    precheck_overrides(ROOT / "configs", sys.argv[1:])
     main()

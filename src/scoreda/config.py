@@ -7,6 +7,7 @@ key — on the first problem.
 
 from __future__ import annotations
 
+import difflib
 import math
 from dataclasses import dataclass, field, fields, make_dataclass
 from datetime import datetime
@@ -149,7 +150,10 @@ class Pretrain:
     frame_hours: float | None = 1.0  # hours between stored frames (None: model.cycle_hours)
     decorrelate_cycles: int = 20  # cycles between branching off the spun-up run and the first state
     steps: int = 7000  # optimiser steps (sets the learning-rate schedule)
-    max_minutes: float = 15.0  # stop at a step boundary after this much training time
+    # optional guard: stop at a step boundary after this much training (None: train all `steps`); a
+    # stop before `steps` is reported (train.json, report.json). Off by default: results do not
+    # depend on the machine's load.
+    max_minutes: float | None = None
     roll: bool = True  # augment with random periodic shifts along x (the forcing is x-invariant)
     eval_noise: float = 1.0  # initial-state error of the noisy-start comparison [model units]
     rollout_steps: int = 0  # last optimiser steps on one-cycle pairs, loss on the rolled-out forecast
@@ -177,6 +181,7 @@ class Platform:
     workers: int = 2  # Parsl workers (stages that may run at the same time)
     threads_per_worker: int = 1  # torch threads in each stage
     retries: int = 0  # Parsl re-runs of a failed stage (a walltime stop is never retried)
+    lost_after_s: float = 120.0  # tasks waiting this long with no worker pool connected: lost, an error
     address: str | None = "127.0.0.1"  # where workers reach the interchange; None: this host's name
     mpi_launcher: str = "mpiexec"  # MPI stages: `mpiexec` command prefix (local) or `srun`
     # Slurm (platform slurm/frontier); every site-specific value comes from here or an override.
@@ -229,6 +234,7 @@ class Logger:
 @dataclass
 class Root:
     run_dir: str = "runs/default"
+    cache_dir: str | None = "runs/cache"  # spun-up trajectories shared by runs (null: none)
     seed: int = 0
     cycles: int = 50
     burn_in: int = 10
@@ -258,8 +264,23 @@ def _merge(schema, section, key: str) -> DictConfig:
         full = ".".join(k for k in (key, getattr(e, "full_key", None)) if k)
         msg = str(e).splitlines()[0]
         if "not in struct" in msg or "Key '" in msg and "not" in msg:
-            msg = "not a valid key"
+            msg = "not a valid key" + _did_you_mean(schema, key, full)
         raise ConfigError(f"{full}: {msg}") from None
+
+
+def _did_you_mean(schema: type, section: str, full_key: str) -> str:
+    """``"; did you mean filter.n_steps?"`` for a misspelled key of the dataclass ``schema`` (the
+    section ``section`` of the config: "" for the root, "model"), else ``""``."""
+    parent, _, leaf = full_key.rpartition(".")
+    node = schema
+    for part in parent.removeprefix(section).strip(".").split("."):
+        if part:
+            node = get_type_hints(node).get(part) if hasattr(node, "__dataclass_fields__") else None
+    if not hasattr(node, "__dataclass_fields__"):
+        return ""
+    close = difflib.get_close_matches(leaf, [f.name for f in fields(node)], n=3, cutoff=0.6)
+    prefix = f"{parent}." if parent else ""
+    return f"; did you mean {' or '.join(prefix + c for c in close)}?" if close else ""
 
 
 def _check(ok: bool, key: str, msg: str) -> None:
@@ -287,7 +308,7 @@ def validate(cfg: DictConfig | dict) -> DictConfig:
 def _check_values(c: DictConfig) -> None:
     _check(c.members >= 2, "members", f"must be ≥ 2, got {c.members}")
     _check(c.cycles >= 1, "cycles", f"must be ≥ 1, got {c.cycles}")
-    _check(0 <= c.burn_in < c.cycles, "burn_in", f"must be in [0, cycles={c.cycles}), got {c.burn_in}")
+    _check(c.burn_in >= 0, "burn_in", f"must be ≥ 0, got {c.burn_in}")  # ≥ cycles: a short run
     _check(c.seed >= 0, "seed", f"must be ≥ 0, got {c.seed}")
     _check(
         c.divergence is None or c.divergence > 0,
@@ -446,7 +467,11 @@ def _check_values(c: DictConfig) -> None:
         "pretrain.decorrelate_cycles",
         f"must be ≥ 0, got {pt.decorrelate_cycles}",
     )
-    _check(pt.max_minutes > 0, "pretrain.max_minutes", f"must be positive, got {pt.max_minutes}")
+    _check(
+        pt.max_minutes is None or pt.max_minutes > 0,
+        "pretrain.max_minutes",
+        f"must be positive or null, got {pt.max_minutes}",
+    )
     _check(pt.eval_noise >= 0, "pretrain.eval_noise", f"must be ≥ 0, got {pt.eval_noise}")
     _check_divides(c.surrogate.step_hours, m.cycle_hours, "surrogate.step_hours", "model.cycle_hours")
     _check_divides(pt.frame_hours, m.cycle_hours, "pretrain.frame_hours", "model.cycle_hours")
@@ -508,6 +533,7 @@ def _check_values(c: DictConfig) -> None:
         p.threads_per_worker >= 1, "platform.threads_per_worker", f"must be ≥ 1, got {p.threads_per_worker}"
     )
     _check(p.retries >= 0, "platform.retries", f"must be ≥ 0, got {p.retries}")
+    _check(p.lost_after_s > 0, "platform.lost_after_s", f"must be positive, got {p.lost_after_s}")
     sc = c.scaling
     _check(sc.study in ("ensf", "vit"), "scaling.study", f"expected ensf or vit, got {sc.study!r}")
     _check(sc.submit in ("local", "sbatch"), "scaling.submit", f"expected local or sbatch, got {sc.submit!r}")

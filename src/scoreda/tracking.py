@@ -59,11 +59,15 @@ class Tracker:
         if self.run is not None:
             self.run.log(logged(scores))
 
-    def finish(self, summary: dict | None = None) -> None:
+    def finish(self, summary: dict | None = None) -> str | None:
+        """Close the run; returns the directory of an offline run (what ``wandb sync`` uploads), else None."""
         if self.run is None:
-            return
+            return None
         for k, v in (summary or {}).items():
             if isinstance(v, int | float | str):
                 self.run.summary[k] = v
+        offline = self.run.settings.mode == "offline" or os.environ.get("WANDB_MODE") == "offline"
+        where = str(Path(self.run.dir).parent) if offline else None  # RUN/wandb/offline-run-*/files
         self.run.finish()
         self.run = None
+        return where

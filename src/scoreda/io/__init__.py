@@ -8,6 +8,7 @@ from scoreda.io.checkpoint import (
     is_complete,
     read_dataset_file,
     read_state,
+    read_variable,
     write_dataset_file,
     write_state,
 )
@@ -21,6 +22,7 @@ __all__ = [
     "is_complete",
     "read_dataset_file",
     "read_state",
+    "read_variable",
     "write_dataset_file",
     "write_state",
 ]

@@ -138,6 +138,11 @@ def _cli() -> None:
         if rank == 0:
             print(f"config error: {e}", file=sys.stderr)
         sys.exit(2)
+    except SystemExit as e:  # ``main`` said what failed in one line: end every rank, not just this one
+        if e.code not in (0, None) and size > 1 and "mpi4py.MPI" in sys.modules:
+            sys.stderr.flush()
+            sys.modules["mpi4py.MPI"].COMM_WORLD.Abort(e.code if isinstance(e.code, int) else 1)
+        raise
     except BaseException as e:
         if size > 1 and "mpi4py.MPI" in sys.modules and not isinstance(e, SystemExit | KeyboardInterrupt):
             traceback.print_exc()

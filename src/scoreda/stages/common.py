@@ -3,20 +3,26 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import functools
 import json
+import sys
 import time
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from scoreda.config import science_keys, state_shape, validate
+from scoreda.config import ConfigError, science_keys, state_shape, validate
 from scoreda.dynamics import Dynamics, make_dynamics
-from scoreda.io import config_hash, read_state, write_state, write_text
+from scoreda.dynamics.grid import Grid, model_grid, time_coords
+from scoreda.io import CheckpointError, config_hash, read_state, write_state, write_text
 
 ARTEFACTS = ("truth", "obs", "forecast", "analysis")
+# attributes every state file carries (Run.attrs) and a reader checks; newer keys are not required
+CHECKED_ATTRS = ("cycle", "kind", "time_hours", "model", "grid", "units", "config_hash", "seed")
 
 
 def cycle_dir(run_dir: str | Path, cycle: int) -> Path:
@@ -99,11 +105,32 @@ class Run:
         return (1 if kind == "truth" else self.cfg.members, *self.shape)
 
     def done(self, cycle: int, kind: str) -> bool:
+        """The file of ``kind`` at ``cycle`` exists and validates; a bad one is noted (``note``) as
+        about to be replaced."""
+        problem = self.problem(cycle, kind)
+        if problem is not None and problem != MISSING:
+            note(f"replacing {self.path(cycle, kind)} ({problem})")
+        return problem is None
+
+    def problem(self, cycle: int, kind: str) -> str | None:
+        """What is wrong with the file of ``kind`` (truth, obs, forecast, analysis) at ``cycle``, in
+        one line (``MISSING`` when there is none), or None when it validates: shape, dtype, the
+        fletcher32 checksums, attributes, finiteness (observations: also their locations)."""
+        path = self.path(cycle, kind)
+        if not path.is_file():
+            return MISSING
         try:
-            self.read(cycle, kind)
-            return True
-        except (ValueError, OSError):
-            return False
+            if kind == "obs":
+                from scoreda.stages.nature import read_observations
+
+                read_observations(self, cycle)
+            else:
+                self.read(cycle, kind)
+        except CheckpointError as e:
+            return e.problem
+        except (ValueError, OSError) as e:
+            return describe(e).removeprefix(f"{path}: ")
+        return None
 
     def read(self, cycle: int, kind: str) -> torch.Tensor:
         """State ``[M, C, H, W]`` of artefact ``kind`` at ``cycle``, validated (shape, hash, finite)."""
@@ -111,16 +138,25 @@ class Run:
 
     def read_with_attrs(self, cycle: int, kind: str) -> tuple[torch.Tensor, dict]:
         """``read`` and the file's attributes."""
-        state, attrs = read_state(
-            self.path(cycle, kind),
-            shape=self._shape(kind),
-            expect_attrs={"cycle": cycle, "config_hash": self.hash},
-        )
+        expect = {k: v for k, v in self.attrs(cycle, kind).items() if k in CHECKED_ATTRS}
+        state, attrs = read_state(self.path(cycle, kind), shape=self._shape(kind), expect_attrs=expect)
         return torch.from_numpy(state), attrs
 
     def write(self, cycle: int, kind: str, state: torch.Tensor, **extra) -> None:
-        """``state`` with the run's attributes and ``extra`` ones (e.g. the analysis' ``inflation``)."""
-        write_state(self.path(cycle, kind), state, self.attrs(cycle, kind) | extra)
+        """``state`` with the run's attributes and ``extra`` ones (e.g. the analysis' ``inflation``),
+        its coordinates (member, level, level_units, y, x; scalar cycle, time) and CF attributes."""
+        coords = self.grid.coords(state.shape[0]) | self.time_coords(cycle)
+        attrs = self.attrs(cycle, kind) | extra
+        write_state(self.path(cycle, kind), state, attrs, coords=coords, state_attrs=self.grid.state_attrs)
+
+    @functools.cached_property
+    def grid(self) -> Grid:
+        """The model's grid: coordinates, level names and units (built once per Run)."""
+        return model_grid(self.cfg.model)
+
+    def time_coords(self, cycle: int) -> dict:
+        """Scalar coordinates ``cycle`` and ``time`` (hours since the start of cycling) of ``cycle``."""
+        return time_coords(cycle, cycle * self.cfg.model.cycle_hours)
 
 
 @functools.lru_cache(maxsize=4)
@@ -142,15 +178,96 @@ def record_time(run: Run, cycle: int, stage: str, t0: float) -> None:
 
 
 def main(stage: Callable[..., object], description: str) -> None:
-    """``python -m scoreda.stages.<name> --run-dir RUN --cycle K`` for a stage function."""
+    """``python -m scoreda.stages.<name> --run-dir RUN --cycle K`` for a stage function. A failure is
+    one line on stderr (``error: <stage> of cycle K failed: ...``, exit 1); the traceback goes to
+    ``RUN/logs/<stage>-NNNNNN.traceback``."""
     ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--run-dir", required=True, help="run directory holding config.yaml")
     ap.add_argument("--cycle", type=int, required=True, help="cycle number (0 = initialisation)")
     ap.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)  # deepspeed launcher
     args = ap.parse_args()
-    out = stage(args.run_dir, args.cycle)
+    try:
+        out = call_stage(stage, args.run_dir, args.cycle)
+    except StageFailed as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    for line in take_notes():
+        print(line, file=sys.stderr)
     if out is not None:
         print(json.dumps(out) if isinstance(out, dict) else out)
+
+
+# ------------------------------------------------------------------------------ failures, in one line
+
+MISSING = "missing"
+_NOTES: list[str] = []  # what a stage said while it ran (``note``), taken by whoever ran it
+
+
+def note(line: str) -> None:
+    """Record one line for the user (e.g. which file a stage replaced and why); ``take_notes`` returns
+    them to the workflow, which prints them."""
+    _NOTES.append(line)
+
+
+def take_notes() -> list[str]:
+    out = list(_NOTES)
+    _NOTES.clear()
+    return out
+
+
+class StageFailed(RuntimeError):
+    """A stage failed; ``str(err)`` is one line naming the stage, the cycle and the file, if any.
+    Built from a message alone, so that it survives pickling between Parsl's processes."""
+
+
+def describe(e: BaseException) -> str:
+    """One line for any exception: the file and what is wrong with it where known; for a full disk or
+    a file system that refuses writes, the path and what was needed."""
+    if isinstance(e, CheckpointError):
+        return str(e)
+    if isinstance(e, OSError) and e.errno is not None:
+        where = f"{e.filename}: " if e.filename else ""
+        if e.errno == errno.ENOSPC:
+            return f"{where}{e.strerror or 'No space left on device'}"
+        if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            return f"{where}cannot write there ({e.strerror})"
+        return f"{where}{e.strerror}"
+    text = " ".join(str(e).split())
+    if "errno = 28" in text:  # HDF5 reports a full disk as a RuntimeError
+        return f"No space left on device ({text[:300]})"
+    if isinstance(e, ValueError | OSError | FileNotFoundError) and text:
+        return text  # ours name the file first
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def call_stage(stage: Callable[..., object], run_dir, cycle: int):
+    """``stage(run_dir, cycle)``; any failure but a deliberate stop (``Diverged``, ``WalltimeStop``) or
+    a ``ConfigError`` becomes a ``StageFailed`` line naming the stage and the cycle, the traceback kept in
+    ``RUN/logs/<stage>-NNNNNN.traceback``."""
+    take_notes()
+    try:
+        return stage(run_dir, cycle)
+    except (Diverged, WalltimeStop, ConfigError):  # said as they are (``config error: <key>: ...``)
+        raise
+    except Exception as e:
+        name = stage.__name__
+        try:
+            log = Path(run_dir) / "logs" / f"{name}-{cycle:06d}.traceback"
+            log.parent.mkdir(parents=True, exist_ok=True)
+            log.write_text(traceback.format_exc())
+        except OSError:
+            pass  # a full or read-only disk: the line below still says what went wrong
+        raise StageFailed(f"{name} of cycle {cycle} failed: {describe(e)}") from None
+
+
+def run_stage(name: str, run_dir, cycle: int) -> dict:
+    """``scoreda.stages.<name>.<name>(run_dir, cycle)`` by ``call_stage``, for a workflow's worker:
+    ``{"result": ..., "notes": [lines]}``."""
+    import importlib
+
+    stage = getattr(importlib.import_module(f"scoreda.stages.{name}"), name)
+    result = call_stage(stage, run_dir, cycle)
+    return {"result": result, "notes": take_notes()}
 
 
 class Diverged(RuntimeError):

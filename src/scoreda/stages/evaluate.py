@@ -107,7 +107,8 @@ def report(run_dir, cycles: int | None = None) -> dict:
     w.writerow(cols)
     w.writerows([[r[c] for c in cols] for r in rows])
     write_text(run.dir / "metrics.csv", buf.getvalue())
-    after = [r for r in rows if r["cycle"] > cfg.burn_in]
+    burn = scored_from(cfg.burn_in, n) - 1
+    after = [r for r in rows if r["cycle"] > burn]
     scored = [c for c in cols if c not in ("cycle", "time_hours", "shock_std")]
     summary = {f"mean_{c}": float(np.mean([r[c] for r in after])) for c in scored}
     for kind in ("forecast", "analysis"):  # √(mean spread² / mean squared error) over the scored cycles
@@ -117,8 +118,8 @@ def report(run_dir, cycles: int | None = None) -> dict:
     summary |= {
         "shocked_cycles": int(sum(r["shock_std"] > 0 for r in rows)),
         "cycles": n,
-        "burn_in": cfg.burn_in,
-        "scored_cycles": f"{cfg.burn_in + 1}-{n}",
+        "burn_in": burn,  # cycles left out here (burn_in, or 0 for a run no longer than it)
+        "scored_cycles": f"{burn + 1}-{n}",
         "analysis_below_forecast_every_cycle": all(r["rmse_analysis"] < r["rmse_forecast"] for r in rows),
         "obs_sigma": cfg.observation.sigma,
         "units": cfg.model.units,
@@ -145,6 +146,22 @@ def report(run_dir, cycles: int | None = None) -> dict:
     return summary
 
 
+def scored_from(burn_in: int, cycles: int) -> int:
+    """First cycle of the time means: ``burn_in`` + 1, or 1 when the run is no longer than its burn-in
+    (``short_run_note``)."""
+    return burn_in + 1 if burn_in < cycles else 1
+
+
+def short_run_note(burn_in: int, cycles: int) -> str | None:
+    """The one line that says a run is no longer than its burn-in (None when it is longer)."""
+    if burn_in < cycles:
+        return None
+    return (
+        f"note: cycles={cycles} ≤ burn_in={burn_in}: the time means are taken over all {cycles} cycles"
+        " (a longer run leaves the burn-in out)"
+    )
+
+
 def _timings(run_dir: Path) -> dict:
     per_stage: dict[str, list[float]] = {}
     for t in read_timings(run_dir):
@@ -161,30 +178,38 @@ def _observed_channels(run: Run) -> list[int]:
 
 
 def _plots(run: Run, rows: list[dict], summary: dict, n: int) -> None:
+    """The PNGs of ``plots/``. Colours and line styles are ``plotting.COLORS`` / ``LINESTYLES`` in all
+    of them; the time series shade the cycles left out of the time means (``summary["burn_in"]``)."""
     cfg, plots = run.cfg, run.dir / "plots"
     table = {c: np.array([r[c] for r in rows]) for c in columns(run)}
     info, sel = channels(run), headline(run)
     linear, observed = cfg.observation.transform == "linear", _observed_channels(run)
     same_units = sel is None or set(observed) <= set(sel)  # σo is in the headline's units
     table["obs_error"] = cfg.observation.sigma if linear and same_units else None
+    burn = int(summary.get("burn_in", cfg.burn_in))  # cycles left out of the time means
+    burn_hours = burn * cfg.model.cycle_hours
     title = f"{cfg.experiment_name}: {cfg.model.name}, {cfg.filter.name}, {cfg.members} members"
     head = "" if sel is None else f" ({', '.join(info[0][c] for c in sel)})"
-    plotting.plot_scores(table, plots / "rmse_spread.png", title=title + head, units=cfg.model.units)
+    plotting.plot_scores(
+        table, plots / "rmse_spread.png", title=title + head, units=cfg.model.units, burn_in_hours=burn_hours
+    )
     for c, name in enumerate(info[0] if info is not None else ()):
         ct = {k: table[f"{k}_{name}"] for k in metrics.SCORE_NAMES} | {"time_hours": table["time_hours"]}
         ct["obs_error"] = cfg.observation.sigma if linear and c in observed else None
-        plotting.plot_scores(
-            ct, plots / f"rmse_spread_{name}.png", title=f"{title}: {name}", units=info[1][c]
-        )
+        path = plots / f"rmse_spread_{name}.png"
+        plotting.plot_scores(ct, path, title=f"{title}: {name}", units=info[1][c], burn_in_hours=burn_hours)
     plotting.plot_spread_skill(
-        {c: table[c][cfg.burn_in :] for c in metrics.SCORE_NAMES},
+        {c: table[c][burn:] for c in metrics.SCORE_NAMES},
         plots / "spread_skill.png",
         title=f"spread–skill, cycles {summary['scored_cycles']}",
         units=cfg.model.units,
     )
     if _square(run):
         k = metrics.isotropic_spectrum(np.zeros(run.shape[1:]), cfg.model.get("L", 2 * np.pi))[0]
-        spectra = {q.replace("_spectrum_", " "): (k, summary[q]) for q in SPECTRA}
+        spectra = {}
+        for q in SPECTRA:  # error_spectrum_forecast → "forecast error"
+            stat, kind = q.split("_spectrum_")
+            spectra[f"{kind} {stat}"] = (k, summary[q])
         plotting.plot_spectra(
             spectra,
             plots / "error_spread_spectra.png",
@@ -197,40 +222,64 @@ def _plots(run: Run, rows: list[dict], summary: dict, n: int) -> None:
         plots / "rank_histogram.png",
         title=f"analysis rank histogram, cycles {summary['scored_cycles']}",
     )
+    if run.shape[1] > 1:  # 2-D models
+        _field_plots(run, n, observed, info)
+
+
+def _field_plots(run: Run, n: int, observed: list[int], info) -> None:
+    """fields*.png of cycle ``n``: truth (with the observed points when not every point is observed),
+    the observations (when every point is), the analysis mean, and the errors of the forecast and
+    analysis means; ke_spectrum.png when the model has a velocity."""
+    cfg, plots = run.cfg, run.dir / "plots"
     truth, fc, an = run.read(n, "truth"), run.read(n, "forecast"), run.read(n, "analysis")
     y, op = read_observations(run, n)
     obs_grid = op.to_grid(y, run.shape).numpy() if cfg.observation.transform == "linear" else None
-    fields = {"truth": truth[0].numpy()}
-    if obs_grid is not None:
-        fields["observation"] = obs_grid
-    fields |= {"forecast mean": fc.mean(0).numpy(), "analysis mean": an.mean(0).numpy()}
-    if run.shape[1] > 1:  # 2-D models
-        time = f"cycle {n} (t = {n * cfg.model.cycle_hours:g} h)"
-        if info is None:
-            names = ("z=0", "z=H") if cfg.model.name == "sqg" else ("upper", "lower")
-            plotting.plot_fields(fields, plots / "fields.png", names, cfg.model.units, time)
-        else:  # one figure per unit: fields.png (model.units), fields_<unit>.png (the others)
-            for unit in dict.fromkeys(info[1]):
-                ch = [c for c, u in enumerate(info[1]) if u == unit]
-                part = {k: v[ch] for k, v in fields.items() if k != "observation" or set(ch) & set(observed)}
-                name = "fields" if unit == cfg.model.units else "fields_" + unit.replace("/", "_per_")
-                plotting.plot_fields(part, plots / f"{name}.png", [info[0][c] for c in ch], unit, time)
-        model = dynamics(run)
-        if hasattr(model, "velocity"):
-            spectra = {}
-            for name, x in (
-                ("truth", truth),
-                ("forecast mean", fc.mean(0, keepdim=True)),
-                ("analysis mean", an.mean(0, keepdim=True)),
-            ):
-                u, v = model.velocity(x.to(cfg.device))
-                spectra[name] = metrics.ke_spectrum(u.cpu(), v.cpu(), L=cfg.model.L)
-            spectra["analysis error"] = _error_ke(model, an, truth, cfg)
-            plotting.plot_spectra(spectra, plots / "ke_spectrum.png", title=f"kinetic energy, cycle {n}")
+    t, f_mean, a_mean = truth[0].numpy(), fc.mean(0).numpy(), an.mean(0).numpy()
+    seen = None if obs_grid is None else np.isfinite(obs_grid)
+    dense = seen is not None and bool(seen[observed].all())
+    fields = {"truth": t} | ({"observation": obs_grid} if dense else {}) | {"analysis mean": a_mean}
+    errors = {"forecast mean − truth": f_mean - t, "analysis mean − truth": a_mean - t}
+    stations = seen if seen is not None and not dense else None
+    km = cfg.model.L / 1e3 if "L" in cfg.model else None  # cell positions i·L/N in km
+    time = f"cycle {n} (t = {n * cfg.model.cycle_hours:g} h)"
+    if info is None:
+        names = ("θ at z=0", "θ at z=H") if cfg.model.name == "sqg" else ("upper", "lower")
+        plotting.plot_fields(
+            fields, plots / "fields.png", names, cfg.model.units, time, errors, km, stations=stations
+        )
+    else:  # one figure per unit: fields.png (model.units), fields_<unit>.png (the others)
+        for unit in dict.fromkeys(info[1]):
+            ch = [c for c, u in enumerate(info[1]) if u == unit]
+            part = {k: v[ch] for k, v in fields.items() if k != "observation" or set(ch) & set(observed)}
+            name = "fields" if unit == cfg.model.units else "fields_" + unit.replace("/", "_per_")
+            plotting.plot_fields(
+                part,
+                plots / f"{name}.png",
+                [info[0][c] for c in ch],
+                unit,
+                time,
+                {k: v[ch] for k, v in errors.items()},
+                km,
+                stations=None if stations is None else stations[ch],
+            )
+    model = dynamics(run)
+    if hasattr(model, "velocity"):
+        spectra = {}
+        for name, x in (
+            ("truth", truth),
+            ("forecast mean", fc.mean(0, keepdim=True)),
+            ("analysis mean", an.mean(0, keepdim=True)),
+        ):
+            u, v = model.velocity(x.to(cfg.device))
+            spectra[name] = metrics.ke_spectrum(u.cpu(), v.cpu(), L=cfg.model.L)
+        spectra["forecast error"] = _error_ke(model, fc, truth, cfg)
+        spectra["analysis error"] = _error_ke(model, an, truth, cfg)
+        plotting.plot_spectra(spectra, plots / "ke_spectrum.png", title=f"kinetic energy, cycle {n}")
 
 
-def _error_ke(model, an, truth, cfg):
-    u, v = model.velocity((an.mean(0, keepdim=True) - truth).to(cfg.device))
+def _error_ke(model, ens, truth, cfg):
+    """Kinetic-energy spectrum of the velocity of (ensemble mean − truth)."""
+    u, v = model.velocity((ens.mean(0, keepdim=True) - truth).to(cfg.device))
     return metrics.ke_spectrum(u.cpu(), v.cpu(), L=cfg.model.L)
 
 

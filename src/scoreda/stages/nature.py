@@ -3,7 +3,8 @@
 Cycle 0 spins a single trajectory up from seeded noise for ``model.spinup_cycles`` cycles, then
 takes ``members`` states ``model.member_spacing_cycles`` apart from the continuing run as the
 initial ensemble (a climatological ensemble, as in the seed paper) and the state one spacing later
-as the truth. Cycle k ≥ 1 advances the truth by one cycle and observes it:
+as the truth; the trajectory is cached in ``cache_dir`` for every run of the same model and seed.
+Cycle k ≥ 1 advances the truth by one cycle and observes it:
 y_k = h(x_k) + σo ε, ε drawn from the (seed, k, "obs") stream.
 
 Model shocks (``shocks.fraction`` > 0): cycle k is shocked when u_k < fraction, u_k ~ U(0, 1) from
@@ -15,13 +16,15 @@ continues from the shocked truth. The forecast model never sees the noise.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
 
-from scoreda.io import read_dataset_file, write_dataset_file
+from scoreda.io import CheckpointError, config_hash, read_dataset_file, write_dataset_file
 from scoreda.observations import PointObservation, make_observation_operator
 from scoreda.seeding import generator
-from scoreda.stages.common import Run, dynamics, main, record_time
+from scoreda.stages.common import Run, dynamics, main, note, record_time
 
 
 def observation_operator(run: Run) -> PointObservation:
@@ -30,22 +33,60 @@ def observation_operator(run: Run) -> PointObservation:
 
 
 def initialise(run: Run) -> None:
-    """Spin-up, initial ensemble (``analysis`` of cycle 0) and initial truth."""
+    """Spin-up, initial ensemble (``analysis`` of cycle 0) and initial truth: s_1 … s_M and s_{M+1}
+    of ``spun_up_states``."""
     if run.done(0, "truth") and run.done(0, "analysis"):
         return
     t0 = time.perf_counter()
-    model, m = dynamics(run), run.cfg.model
-    dev = run.cfg.device
-    x = model.initial_state(generator(run.cfg.seed, 0, "spinup"), 1).to(dev)
-    x = model.step(x, m.spinup_cycles * model.steps_per_cycle)
-    members = []
-    for _ in range(run.cfg.members):  # a sequence in model time: one trajectory, not a loop over members
-        x = model.step(x, m.member_spacing_cycles * model.steps_per_cycle)
-        members.append(x)
-    truth = model.step(x, m.member_spacing_cycles * model.steps_per_cycle)
-    run.write(0, "analysis", torch.cat(members).cpu())
-    run.write(0, "truth", truth.cpu())
+    M = run.cfg.members
+    s = spun_up_states(run, M + 1)
+    run.write(0, "analysis", s[:M])
+    run.write(0, "truth", s[M : M + 1])
     record_time(run, 0, "initialise", t0)
+
+
+def spinup_key(run: Run) -> str:
+    """What the spun-up trajectory depends on: the model's science, the seed and the device."""
+    model = OmegaConf.to_container(run.cfg.model, resolve=True)
+    return config_hash({"model": model, "seed": run.cfg.seed, "device": torch.device(run.cfg.device).type})
+
+
+def spun_up_states(run: Run, n: int) -> torch.Tensor:
+    """s_1 … s_n [n, C, H, W] on the CPU: one trajectory spun up from seeded noise for
+    ``model.spinup_cycles`` cycles, s_j ``j × model.member_spacing_cycles`` cycles after it.
+
+    Cached in ``cache_dir`` (``spinup-<key>.h5``, validated on every read like a run's files) and
+    shared by every run with the same model, seed and device; a run that needs more states than the
+    cache holds extends the trajectory from its last state and writes the longer cache. The states
+    are those the uncached loop makes, bit for bit (the same model steps from the same states).
+    """
+    m, model = run.cfg.model, dynamics(run)
+    spacing = m.member_spacing_cycles * model.steps_per_cycle
+    cache = Path(run.cfg.cache_dir) / f"spinup-{spinup_key(run)}.h5" if run.cfg.cache_dir else None
+    states = []
+    if cache is not None and cache.exists():
+        try:
+            data, _ = read_dataset_file(
+                cache, expect={"state": (None, *run.shape)}, expect_attrs={"key": spinup_key(run)}
+            )
+            states = list(torch.from_numpy(data["state"])[:, None])
+        except CheckpointError as e:
+            note(f"replacing {cache} ({e.problem})")
+    cached = len(states)
+    if states:
+        x = states[-1].to(run.cfg.device)
+    else:
+        x = model.initial_state(generator(run.cfg.seed, 0, "spinup"), 1).to(run.cfg.device)
+        x = model.step(x, m.spinup_cycles * model.steps_per_cycle)
+    while len(states) < n:  # a sequence in model time: one trajectory, not a loop over members
+        x = model.step(x, spacing)
+        states.append(x.cpu())
+    out = torch.cat(states)
+    if cache is not None and len(states) > cached:
+        attrs = {"key": spinup_key(run), "model": m.name, "seed": run.cfg.seed, "units": m.units}
+        attrs |= {"spinup_cycles": m.spinup_cycles, "member_spacing_cycles": m.member_spacing_cycles}
+        write_dataset_file(cache, {"state": (("sample", "level", "y", "x"), out)}, attrs)
+    return out[:n]
 
 
 def nature(run_dir, cycle: int) -> str:
@@ -54,20 +95,26 @@ def nature(run_dir, cycle: int) -> str:
     if cycle == 0:
         initialise(run)
         return str(run.path(0, "truth"))
-    if run.done(cycle, "truth") and _obs_done(run, cycle):
+    have_truth, have_obs = run.done(cycle, "truth"), run.done(cycle, "obs")
+    if have_truth and have_obs:
         return str(run.path(cycle, "truth"))
     t0 = time.perf_counter()
-    model = dynamics(run)
-    truth = model.step(run.read(cycle - 1, "truth").to(run.cfg.device), model.steps_per_cycle).cpu()
-    std = shock_std(run.cfg, cycle)
-    if std > 0:
-        g = generator(run.cfg.seed, cycle, "shock")
-        torch.rand((), generator=g)  # u_k, drawn first as in shock_std
-        truth = truth + std * torch.randn(truth.shape, generator=g, dtype=truth.dtype)
-    op = observation_operator(run)
-    y = op.sample(truth.reshape(-1), generator(run.cfg.seed, cycle, "obs"))
-    write_observations(run, cycle, op, y)
-    run.write(cycle, "truth", truth)
+    if have_truth:  # only the observations are remade (from their own stream: the same values)
+        truth = run.read(cycle, "truth")
+    else:
+        model = dynamics(run)
+        truth = model.step(run.read(cycle - 1, "truth").to(run.cfg.device), model.steps_per_cycle).cpu()
+        std = shock_std(run.cfg, cycle)
+        if std > 0:
+            g = generator(run.cfg.seed, cycle, "shock")
+            torch.rand((), generator=g)  # u_k, drawn first as in shock_std
+            truth = truth + std * torch.randn(truth.shape, generator=g, dtype=truth.dtype)
+    if not have_obs:
+        op = observation_operator(run)
+        y = op.sample(truth.reshape(-1), generator(run.cfg.seed, cycle, "obs"))
+        write_observations(run, cycle, op, y)
+    if not have_truth:
+        run.write(cycle, "truth", truth)
     record_time(run, cycle, "nature", t0)
     return str(run.path(cycle, "truth"))
 
@@ -85,15 +132,20 @@ def shock_std(cfg, cycle: int) -> float:
 
 
 def write_observations(run: Run, cycle: int, op: PointObservation, y: torch.Tensor) -> None:
-    o = run.cfg.observation
+    """``obs.h5``: y [p] as variable ``obs`` on dimension ``location``, with coordinates ``index`` (the
+    flat index into the state [level, y, x]), ``level``, ``y``, ``x`` (the grid's length units) and the
+    scalar ``cycle`` and ``time``; σo, transform and operator as file attributes."""
+    o, index = run.cfg.observation, op.indices.numpy()
+    obs = (("location",), y.numpy(), run.grid.observed_attrs(index, o.transform))
     attrs = run.attrs(cycle, "obs") | {"sigma": o.sigma, "transform": o.transform, "operator": o.kind}
-    write_dataset_file(
-        run.path(cycle, "obs"), {"obs": (("obs",), y.numpy()), "index": (("obs",), op.indices.numpy())}, attrs
-    )
+    coords = run.grid.locate(index, dim="location") | run.time_coords(cycle)
+    write_dataset_file(run.path(cycle, "obs"), {"obs": obs}, attrs, coords)
 
 
 def read_observations(run: Run, cycle: int) -> tuple[torch.Tensor, PointObservation]:
-    """Observations y [p] of ``cycle`` and the operator, checked against the run's operator."""
+    """Observations y [p] of ``cycle`` and the operator, checked against the run's operator. Reads
+    both layouts: ``obs`` and ``index`` on dimension ``location`` (with coordinates) or, in files
+    written before coordinates, on dimension ``obs``."""
     op = observation_operator(run)
     path = run.path(cycle, "obs")
     data, _ = read_dataset_file(

@@ -12,14 +12,18 @@ directory holding ``config.yaml``); ``workflows/pretrain.py`` chains them:
   t every frame, of the first ``trajectories − held_out`` trajectories, normalised per level by their
   mean and std; global batches of ``surrogate.batch_size`` drawn from the (seed, step,
   "pretrain-batch") stream, each sample rolled along x by a random shift when ``pretrain.roll``;
-  ``pretrain.steps`` optimiser steps or ``pretrain.max_minutes``, whichever first. With Δt < one
-  cycle, the last ``pretrain.rollout_steps`` steps (brought forward so that they fit in
-  ``max_minutes``, timed at k× a one-step step) take one-cycle pairs and the loss on the k = cycle/Δt
-  step rollout f_θ^k(x_t) against x_{t+cycle}. Writes ``DIR/weights.pt`` (with Δt) and
-  ``DIR/train.json``.
+  ``pretrain.steps`` optimiser steps, all of them unless the optional guard ``pretrain.max_minutes``
+  (null by default) of training time runs out first; such a stop is printed in one line
+  (``stopped early: pretrain.max_minutes=… reached at step … of …``) and recorded in train.json and
+  report.json (``stopped_early``, ``reason``), so that a result never depends on the machine's load
+  unnoticed. With Δt < one cycle, the last ``pretrain.rollout_steps`` steps (from step
+  ``steps − rollout_steps``; under a time limit brought forward so that they fit in it, timed at k× a
+  one-step step) take one-cycle pairs and the loss on the k = cycle/Δt step rollout f_θ^k(x_t)
+  against x_{t+cycle}. Writes ``DIR/weights.pt`` (with Δt) and ``DIR/train.json``.
 - ``evaluate``: 12-hour forecasts (k surrogate steps) of the held-out pairs, t every cycle, from the
   true state and from the state plus N(0, eval_noise²) noise — the surrogate, persistence and the SQG
-  model itself — as RMSE over all grid values, averaged over pairs. Writes ``DIR/report.json``.
+  model itself — as RMSE over all grid values, averaged over pairs. Writes ``DIR/report.json`` (with
+  ``train``: steps, seconds, ``stopped_early`` and its ``reason``, from train.json).
 """
 
 from __future__ import annotations
@@ -149,7 +153,8 @@ def train(out_dir: str | Path) -> dict:
     per_rank = s.batch_size // env.world_size
     mine = slice(env.rank * per_rank, (env.rank + 1) * per_rank)
     losses, t0, rollout_from = [], time.perf_counter(), None
-    flags = torch.zeros(2)  # stop; start the rolled-out phase
+    limit = None if p.max_minutes is None else 60 * p.max_minutes  # seconds
+    flags = torch.zeros(2)  # stop; start the rolled-out phase (set only under a time limit)
     for step in range(p.steps):
         if rollout and trainer.unwrapped.k == 1 and (step == switch or flags[1]):
             X, Y = (normalise(t) for t in load_pairs(out_dir, held_out=False))  # one-cycle pairs
@@ -165,17 +170,26 @@ def train(out_dir: str | Path) -> dict:
         losses.append(trainer.step(x.to(cfg.device), y.to(cfg.device)))
         if env.rank == 0 and (step % 100 == 0 or step == p.steps - 1):
             print(f"step {step:5d}  loss {losses[-1]:.4f}  {time.perf_counter() - t0:7.1f} s", flush=True)
-        elapsed = time.perf_counter() - t0
-        flags[0] = float(elapsed > 60 * p.max_minutes)
-        # the rolled-out phase starts early enough to fit: rollout_steps steps at k× the one-step time
-        needed = k * p.rollout_steps * elapsed / (step + 1)
-        flags[1] = float(rollout and elapsed + needed > 60 * p.max_minutes)
-        torch.distributed.broadcast(flags, 0)  # every rank stops (or switches) at the same step
-        if flags[0]:
-            break
+        if limit is not None:  # the optional guard; without it the run is the same on any machine
+            elapsed = time.perf_counter() - t0
+            flags[0] = float(elapsed > limit)
+            # the rolled-out phase starts early enough to fit: rollout_steps steps at k× the one-step time
+            needed = k * p.rollout_steps * elapsed / (step + 1)
+            flags[1] = float(rollout and elapsed + needed > limit)
+            torch.distributed.broadcast(flags, 0)  # every rank stops (or switches) at the same step
+            if flags[0]:
+                break
     seconds = time.perf_counter() - t0
     meta = {"steps": len(losses), "seconds": seconds, "final_loss": losses[-1], "parallel": cfg.parallel.name}
     meta["rollout_from"] = rollout_from
+    meta["stopped_early"] = len(losses) < p.steps
+    meta["reason"] = (
+        f"pretrain.max_minutes={p.max_minutes:g} reached at step {len(losses)} of {p.steps}"
+        if meta["stopped_early"]
+        else None
+    )
+    if meta["stopped_early"] and env.rank == 0:
+        print(f"stopped early: {meta['reason']}", flush=True)
     s_file = OmegaConf.merge(s, {"step_hours": step_hours(cfg)})  # the file records the step
     trainer.save_weights(out_dir / "weights.pt", s_file, mean, std, meta)
     summary = meta | {"step_hours": step_hours(cfg), "ranks": env.world_size, "losses": losses}
@@ -224,7 +238,9 @@ def evaluate(out_dir: str | Path) -> dict:
     if train_json.is_file():
         t = json.loads(train_json.read_text())
         keys = ("steps", "seconds", "final_loss", "ranks", "parallel", "samples")
-        report["train"] = {k: t[k] for k in keys}
+        report["train"] = {k: t[k] for k in keys} | {"stopped_early": t.get("stopped_early", False)}
+        if t.get("reason"):
+            report["train"]["reason"] = t["reason"]
     write_json(out_dir / "report.json", report)
     return report
 
