@@ -208,7 +208,7 @@ def test_the_spin_up_is_cached_extended_and_bit_for_bit_the_uncached_one(tmp_pat
     steps = []
     monkeypatch.setattr(SQG, "step", lambda self, x, n=1, _f=SQG.step: steps.append(n) or _f(self, x, n))
     second = tmp_path / "second"  # another run directory, the same model and seed: no model step at all
-    write_config(second, _config(second, f"cache_dir={cache}", "cycles=7", "filter=letkf"))
+    write_config(second, _config(second, f"cache_dir={cache}", "cycles=7", "filter.rtps=0.2"))
     nature(second, 0)
     assert steps == []
     assert torch.equal(Run(second).read(0, "analysis"), Run(first).read(0, "analysis"))

@@ -164,16 +164,7 @@ def _nonempty_png(path):
 
 
 def test_plot_scores(tmp_path):
-    t = np.arange(20) * 12.0
-    table = {
-        "cycle": np.arange(20),
-        "time_hours": t,
-        "rmse_forecast": 2.0 + np.exp(-t / 50),
-        "rmse_analysis": 1.0 + np.exp(-t / 50),
-        "spread_forecast": 1.8 + 0.5 * np.exp(-t / 40),
-        "spread_analysis": 0.9 + 0.5 * np.exp(-t / 40),
-        "obs_error": 1.5,
-    }
+    table = _score_table() | {"cycle": np.arange(1, 21)}
     path = plotting.plot_scores(table, tmp_path / "sub" / "scores.png", title="test")
     assert _nonempty_png(path)
 
