@@ -14,11 +14,13 @@ from pathlib import Path
 from parsl.app.errors import BashExitFailure
 from parsl.dataflow.errors import DependencyError
 from parsl.executors import HighThroughputExecutor
+from parsl.executors.high_throughput.errors import CommandClientTimeoutError
 from parsl.providers import LocalProvider
 
 from scoreda.stages.common import Diverged, StageFailed, WalltimeStop
 
 STOPS = (Diverged, WalltimeStop)  # deliberate ends of a run, reported by the workflow itself
+ANSWER_WITHIN_S = 30.0  # the interchange's answer to a status question
 
 
 class WorkflowError(RuntimeError):
@@ -119,6 +121,7 @@ class Watchdog:
                 raise WorkflowError(f"the Parsl executor {ex.label!r} failed: {ex.executor_exception}")
             thread = getattr(ex, "_result_queue_thread", None)
             if thread is not None and not thread.is_alive():
+                _release(ex)
                 raise WorkflowError(
                     f"the Parsl executor {ex.label!r} stopped receiving results (its result thread died;"
                     f" see {self.dfk.run_dir}/*/{ex.label}/)"
@@ -130,9 +133,13 @@ class Watchdog:
                 self._check_pool(ex)
 
     def _check_pool(self, ex) -> None:
-        try:
-            managers = ex.connected_managers()
-        except Exception:  # the command channel is busy or gone: the checks above decide
+        try:  # the interchange answers at once; a silent one would make connected_managers() wait forever
+            managers = ex.command_client.run("MANAGERS", timeout_s=ANSWER_WITHIN_S)
+        except CommandClientTimeoutError:
+            raise WorkflowError(
+                f"the Parsl interchange of {ex.label!r} did not answer in {ANSWER_WITHIN_S:g} s"
+            ) from None
+        except Exception:  # the command channel is closing or gone: the checks above decide
             return
         now = time.monotonic()
         if managers:
@@ -144,6 +151,17 @@ class Watchdog:
                 f"{ex.outstanding()} task(s) waited {now - self.alone_since:.0f} s with no Parsl worker pool"
                 f" connected (platform.lost_after_s={self.lost_after_s:g}); the pool was lost"
             )
+
+
+def _release(ex) -> None:
+    """Close the result socket a dead result thread left open: a zmq context with an open socket blocks
+    its termination, and with it the exit of the process, forever."""
+    q = getattr(ex, "incoming_q", None)
+    try:
+        q.results_receiver.close(linger=0)
+        q.zmq_context.term()
+    except Exception:  # already closed, or a Parsl without these attributes: nothing is left open
+        pass
 
 
 def wait(future: Future, tasks: Tasks, dog: Watchdog, say, poll: float = 1.0):
