@@ -17,6 +17,7 @@ from typing import Any, get_type_hints
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from scoreda.dynamics import model_science
 from scoreda.dynamics.lorenz96 import Lorenz96Params
 from scoreda.dynamics.qg2l import CHANNELS as QG2L_CHANNELS
 from scoreda.dynamics.qg2l import QG2LParams
@@ -641,6 +642,7 @@ def science_keys(cfg: DictConfig) -> dict:
     logger, progress, run_dir, and filter.ranks / filter.shard (the same analysis to rounding).
     """
     c = OmegaConf.to_container(cfg, resolve=True)
+    c["model"] = model_science(c["model"])
     c["filter"] = {k: v for k, v in c["filter"].items() if k not in ("ranks", "shard")}  # same numbers
     # keys added after runs existed, left out at their defaults so that those runs keep their hash
     if c["model"].get("state") == "pv":

@@ -23,6 +23,18 @@ class Dynamics(Protocol):
         ...
 
 
+def model_science(model_cfg) -> dict:
+    """The model config as a plain dict, plus ``revision`` where the model's numerics were changed
+    after runs existed (SQG ``jacobian=reference``: 2, sqgturb's modes since issue 17). Hashed into
+    run, spin-up and training-data keys, so that nothing made on an older revision is reused."""
+    from omegaconf import OmegaConf
+
+    c = dict(model_cfg) if isinstance(model_cfg, dict) else OmegaConf.to_container(model_cfg, resolve=True)
+    if c["name"] == "sqg" and c.get("jacobian", "reference") == "reference":
+        c["revision"] = 2
+    return c
+
+
 def make_dynamics(model_cfg, device: str | torch.device = "cpu") -> Dynamics:
     """Build the ``Dynamics`` named by ``model_cfg.name`` (``sqg``, ``lorenz96``, ``qg2l``)."""
     name = model_cfg.name

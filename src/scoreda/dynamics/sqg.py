@@ -13,9 +13,19 @@ boundaries). Time stepping: RK4, hyperdiffusion of order ``diff_order`` by an in
 (e-folding time ``diff_efold`` at the grid cutoff π N/L), and a Jacobian dealiased by 3/2 zero
 padding (equivalent to the 2/3 rule).
 
-``jacobian="reference"`` multiplies the advection by (3/2)² = 2.25 as sqgturb does (it skips the
-FFT normalisation of the padded grid); the paper's nature run used that code, so it is our default.
-``jacobian="consistent"`` is the correctly normalised advection.
+``jacobian="reference"`` is sqgturb (jswhit/sqgturb, the code behind the paper's nature run), mode
+for mode, and our default. It multiplies the advection by (3/2)² = 2.25 (sqgturb skips the FFT
+normalisation of the padded grid), and it keeps the modes sqgturb keeps. The Nyquist row l = −N/2
+is an active mode: padded as l = −N/2 on the 3N/2 grid, kept by the truncation of the Jacobian,
+forced, advected and hyperdiffused. The Nyquist column k = N/2 is carried too. It enters the padded
+grid conjugated at k = +N/2 (sqgturb's "negative Nyquist frequency"), and the truncation drops its
+Jacobian, so only relaxation and hyperdiffusion change it. Because the padded spectrum is not
+Hermitian along its k = 0 column, that column is made Hermitian before each inverse FFT, as
+numpy's and torch's CPU FFTs do implicitly, so CUDA gives the same numbers.
+
+``jacobian="consistent"`` is the correctly normalised advection on the clean truncation. It drops
+the Nyquist row and column, which have no Hermitian partner on the N grid, so the padded products
+are exact. This is the textbook 3/2 rule.
 """
 
 from __future__ import annotations
@@ -44,6 +54,19 @@ class SQGParams:
     diff_order: int = 8
     cycle_hours: float = 12.0
     jacobian: str = "reference"
+
+
+def hermitian_k0(xh: torch.Tensor) -> torch.Tensor:
+    """The k = 0 column of a half spectrum [..., n, n/2+1] made Hermitian, c(l) ← (c(l) + c(−l)*)/2.
+
+    An inverse real FFT keeps only this part of that column (pocketfft and MKL drop the rest; cuFFT
+    does not promise to), so applying it first makes the transform the same on every backend.
+    """
+    col = xh[..., :, 0]
+    partner = col[..., (-torch.arange(col.shape[-1], device=col.device)) % col.shape[-1]].conj()
+    out = xh.clone()
+    out[..., :, 0] = 0.5 * (col + partner)
+    return out
 
 
 class SQG:
@@ -91,11 +114,12 @@ class SQG:
         # ψ̂ = A θ̂ per wavenumber, A = [[-1/tanh, 1/sinh], [-1/sinh, 1/tanh]] · scale
         self.inv_tanh = inv_tanh.to(dev, torch.float32)
         self.inv_sinh = inv_sinh.to(dev, torch.float32)
-        # modes kept (Nyquist row/column dropped so the padded transforms are exact)
+        # modes carried: all (reference, as sqgturb), or without the Nyquist row and column (consistent)
         keep = (torch.fft.fftfreq(N, 1.0 / N).abs() < N // 2)[:, None] & (torch.arange(N // 2 + 1) < N // 2)[
             None, :
         ]
-        self.keep = keep.to(dev)
+        self.sqgturb_modes = p.jacobian == "reference"
+        self.keep = (keep | self.sqgturb_modes).to(dev)
         ktot_cut = math.pi * N / p.L
         self.hyperdiff = (
             torch.exp(-(p.dt / p.diff_efold) * (kappa / ktot_cut) ** p.diff_order).to(dev, torch.float32)
@@ -126,19 +150,35 @@ class SQG:
         return torch.fft.irfft2(xh, s=(n, n), norm="forward")
 
     def _pad(self, xh: torch.Tensor) -> torch.Tensor:
-        """Zero-pad spectral coefficients [..., N, N/2+1] → [..., 3N/2, 3N/4+1]."""
+        """Zero-pad spectral coefficients [..., N, N/2+1] → [..., 3N/2, 3N/4+1].
+
+        Rows l = 0…N/2−1 and −N/2+1…−1, columns k = 0…N/2−1; with sqgturb's modes also the row
+        l = −N/2, and the column k = N/2 conjugated (then the k = 0 column made Hermitian).
+        """
         N, Np, h = self.p.N, self.Np, self.p.N // 2
         out = xh.new_zeros(*xh.shape[:-2], Np, Np // 2 + 1)
+        lo = h if self.sqgturb_modes else h - 1  # negative rows carried: l = −lo … −1
         out[..., :h, :h] = xh[..., :h, :h]
-        out[..., Np - h + 1 :, :h] = xh[..., N - h + 1 :, :h]
+        out[..., Np - lo :, :h] = xh[..., N - lo :, :h]
+        if self.sqgturb_modes:
+            out[..., :h, h] = xh[..., :h, h].conj()
+            out[..., Np - h :, h] = xh[..., N - h :, h].conj()
+            out = hermitian_k0(out)
         return out
 
     def _truncate(self, xh_pad: torch.Tensor) -> torch.Tensor:
+        """Padded [..., 3N/2, 3N/4+1] → [..., N, N/2+1]: the modes ``_pad`` fills, less the k = N/2
+        column (the Jacobian there is dropped in both modes)."""
         N, Np, h = self.p.N, self.Np, self.p.N // 2
+        lo = h if self.sqgturb_modes else h - 1
         out = xh_pad.new_zeros(*xh_pad.shape[:-2], N, N // 2 + 1)
         out[..., :h, :h] = xh_pad[..., :h, :h]
-        out[..., N - h + 1 :, :h] = xh_pad[..., Np - h + 1 :, :h]
+        out[..., N - lo :, :h] = xh_pad[..., Np - lo :, :h]
         return out
+
+    def to_grid(self, th: torch.Tensor) -> torch.Tensor:
+        """θ̂ [..., N, N/2+1] → θ [..., N, N] (k = 0 column made Hermitian first with sqgturb's modes)."""
+        return self.ifft(hermitian_k0(th) if self.sqgturb_modes else th, self.p.N)
 
     # ------------------------------------------------------------------ physics
     def invert(self, theta_hat: torch.Tensor) -> torch.Tensor:
@@ -173,7 +213,7 @@ class SQG:
         th = self.fft(x.to(self.device, torch.float32)) * self.keep
         for _ in range(n_steps):
             th = self._rk4(th)
-        return self.ifft(th, self.p.N)
+        return self.to_grid(th)
 
     # -------------------------------------------------------------- diagnostics
     def velocity(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

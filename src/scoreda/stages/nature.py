@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 
+from scoreda.dynamics import model_science
 from scoreda.io import CheckpointError, config_hash, read_dataset_file, write_dataset_file
 from scoreda.observations import PointObservation, make_observation_operator
 from scoreda.seeding import generator
@@ -47,8 +47,13 @@ def initialise(run: Run) -> None:
 
 def spinup_key(run: Run) -> str:
     """What the spun-up trajectory depends on: the model's science, the seed and the device."""
-    model = OmegaConf.to_container(run.cfg.model, resolve=True)
-    return config_hash({"model": model, "seed": run.cfg.seed, "device": torch.device(run.cfg.device).type})
+    return config_hash(
+        {
+            "model": model_science(run.cfg.model),
+            "seed": run.cfg.seed,
+            "device": torch.device(run.cfg.device).type,
+        }
+    )
 
 
 def spun_up_states(run: Run, n: int) -> torch.Tensor:

@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from scoreda.dynamics import make_dynamics
+from scoreda.dynamics import make_dynamics, model_science
 from scoreda.io import config_hash, read_dataset_file, write_dataset_file
 from scoreda.seeding import generator
 from scoreda.stages.common import load_config, write_json
@@ -60,8 +60,7 @@ def _trajectory_key(cfg) -> str:
     keys = [p.trajectories, p.length, p.decorrelate_cycles]
     if frame_hours(cfg) != cfg.model.cycle_hours:  # one frame per cycle keeps the key it always had
         keys.append(frame_hours(cfg))
-    model = OmegaConf.to_container(cfg.model, resolve=True)
-    return config_hash({"seed": cfg.seed, "model": model, "pretrain": keys})
+    return config_hash({"seed": cfg.seed, "model": model_science(cfg.model), "pretrain": keys})
 
 
 def trajectory(out_dir: str | Path) -> str:
