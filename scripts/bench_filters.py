@@ -40,11 +40,12 @@ from pathlib import Path
 
 import torch
 
-from scoreda.filters import inflate, relax_spread
+from scoreda.config import model_config
+from scoreda.dynamics.grid import model_grid
 from scoreda.filters.ensf import EnSF
+from scoreda.filters.reference import ensf_member_loop
 from scoreda.io import write_text
 from scoreda.observations import PointObservation
-from scoreda.seeding import counter_normal, noise_key
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZES = {"l96-40": 40, "l96-1e4": 10**4, "l96-1e5": 10**5, "l96-1e6": 10**6}
@@ -52,49 +53,6 @@ SIZES.update({f"sqg-{n}": 2 * n * n for n in (64, 128, 256)})
 QUICK = ("l96-1e4", "sqg-64")
 MEMBERS, N_STEPS, WARMUP_STEPS = 20, 100, 5
 LETKF_CFG = {"name": "letkf", "cutoff": 2000.0, "cross_level": 1.0, "rtps": 0.3}
-
-
-@torch.no_grad()
-def ensf_member_loop(ensf: EnSF, prior, y, operator, generator=None) -> torch.Tensor:
-    """The baseline: ``ensf.analyse(prior, y, operator, generator)`` (one process) written as a Python
-    loop over members inside the loop over pseudo-time. The same standardisation, schedules, prior
-    score (paired or mixture, M×M products in float64), semi-implicit likelihood step, counter-based
-    noise ξ(step, member, index) and RTPS — only the batching over members is gone."""
-    prior = inflate(prior, ensf.inflation)
-    M, d = prior.shape
-    key, cols = noise_key(generator), slice(0, d)
-    floor = 1e-6 * prior.std().clamp_min(1e-30).item()
-    mean, std = prior.mean(0, keepdim=True), prior.std(0, keepdim=True).clamp_min(floor)
-    x = (prior - mean) / std
-    if ensf.prior_score == "mixture":
-        x = x.double()
-        x_sq = (x * x).sum(1)
-    y = y.to(prior)
-    if operator.linear:
-        curv = operator.curvature(mean) * std[0] ** 2
-    z = [counter_normal(key, 0, slice(i, i + 1), cols, dtype=prior.dtype) for i in range(M)]
-    ts = torch.linspace(1.0, ensf.t_end, ensf.n_steps + 1, dtype=torch.float64).tolist()
-    for k, (t, t_next) in enumerate(zip(ts[:-1], ts[1:], strict=True)):
-        dt, h = t - t_next, 1.0 - t
-        b, g2 = ensf.drift_diffusion(t)
-        a, b2 = ensf.alpha(t), ensf.beta_sq(t)
-        for i in range(M):
-            zi = z[i]  # [1, d]
-            if ensf.prior_score == "paired":  # pulled toward its own member
-                score = (a * x[i : i + 1] - zi) / b2
-            else:  # w_j = softmax_j(−‖z − α x_j‖² / 2β²), ‖z‖² cancels
-                w = torch.softmax((2.0 * a * (zi.double() @ x.T) - a * a * x_sq[None]) / (2.0 * b2), dim=1)
-                score = ((a * (w @ x)).to(zi.dtype) - zi) / b2
-            xz = mean + std * zi
-            if h > 0:
-                score = score + h * std * operator.likelihood_score(xz, y)
-            xi = counter_normal(key, k + 1, slice(i, i + 1), cols, dtype=prior.dtype)
-            dz = dt * (g2 * score - b * zi) + (dt**0.5) * (g2**0.5) * xi
-            if ensf.implicit and h > 0:
-                c = curv if operator.linear else operator.curvature(xz) * std**2
-                dz = dz / (1.0 + dt * g2 * h * c)
-            z[i] = zi + dz
-    return relax_spread(mean + std * torch.cat(z), prior, ensf.rtps)
 
 
 def loop_check(prior_score: str, transform: str = "linear") -> float:
@@ -107,7 +65,7 @@ def loop_check(prior_score: str, transform: str = "linear") -> float:
     op = PointObservation(torch.arange(0, d, 2), sigma=0.5, d=d, transform=transform)
     y = op.sample(spread * torch.randn(d, generator=g), g)
     ensf = EnSF(n_steps=20, prior_score=prior_score, rtps=0.3, inflation=1.1)
-    want = ensf.analyse(prior, y, op, torch.Generator().manual_seed(7))
+    want = ensf.analyse(prior, y, op, torch.Generator().manual_seed(7)).ensemble
     got = ensf_member_loop(ensf, prior, y, op, torch.Generator().manual_seed(7))
     return float((got - want).abs().max())
 
@@ -163,7 +121,7 @@ def bench_ensf(spec: dict, mpi) -> dict:
         return {"warmup_s": warm, "times_s": times, "time_s": statistics.median(times)}
 
     gen = torch.Generator().manual_seed(1)
-    out = timings(lambda f: f.analyse(prior, y, op, gen, comm=mpi))
+    out = timings(lambda f: f.analyse(prior, y, op, gen, comm=mpi).ensemble)
     out["peak_rss"] = peak_rss() if mpi is None else max(mpi.comm.allgather(peak_rss()))
     if spec["loop"]:
         loop = timings(lambda f: ensf_member_loop(f, prior, y, op, gen))
@@ -173,17 +131,15 @@ def bench_ensf(spec: dict, mpi) -> dict:
 
 
 def bench_letkf(spec: dict, mpi=None) -> dict:
-    from scoreda.filters import letkf
+    from scoreda.filters import letkf, reference
 
     prior, y, op = problem(spec["d"])
-    filt = letkf.LETKF.from_config(LETKF_CFG, {"name": "sqg", "N": spec["n"], "L": 20.0e6})
-    first, fast = wall(lambda: filt.analyse(prior, y, op))  # a fresh LETKF: builds the taper's FFT
-    times = [wall(lambda: filt.analyse(prior, y, op))[0] for _ in range(spec["repeats"])]
+    filt = letkf.LETKF.from_config(LETKF_CFG, model_grid(model_config("sqg", N=spec["n"], L=20.0e6)))
+    first, fast = wall(lambda: filt.analyse(prior, y, op).ensemble)  # a fresh LETKF: builds the taper's FFT
+    times = [wall(lambda: filt.analyse(prior, y, op).ensemble)[0] for _ in range(spec["repeats"])]
     out = {"first_s": first, "times_s": times, "time_s": statistics.median(times), "peak_rss": peak_rss()}
     out["note"] = f"first call {first:.3f} s"
-    if not hasattr(letkf, "analyse_point_loop"):
-        return {**out, "note": out["note"] + "; no analyse_point_loop in scoreda: LETKF timed alone"}
-    out["loop_s"], slow = wall(lambda: letkf.analyse_point_loop(filt, prior, y, op))
+    out["loop_s"], slow = wall(lambda: reference.analyse_point_loop(filt, prior, y, op))
     out.update(speedup=out["loop_s"] / out["time_s"], max_abs_diff=float((slow - fast).abs().max()))
     out["note"] += f"; max |loop - vectorised| {out['max_abs_diff']:.1e}"
     return out
@@ -210,8 +166,8 @@ def bench_gpu(spec: dict, mpi=None) -> dict:
         end.synchronize()
         return start.elapsed_time(end) / 1e3 / n
 
-    cuda_time(lambda: filt.analyse(prior, y, op, gen))  # warm-up
-    times = [cuda_time(lambda: filt.analyse(prior, y, op, gen)) for _ in range(spec["repeats"])]
+    cuda_time(lambda: filt.analyse(prior, y, op, gen).ensemble)  # warm-up
+    times = [cuda_time(lambda: filt.analyse(prior, y, op, gen).ensemble) for _ in range(spec["repeats"])]
     out = {"times_s": times, "time_s": statistics.median(times), "peak_rss": peak_rss()}
     out.update(gpu_peak_bytes=torch.cuda.max_memory_allocated(), device=torch.cuda.get_device_name())
     src = torch.empty(1 << 30, dtype=torch.uint8, device=dev)

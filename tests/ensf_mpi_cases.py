@@ -96,8 +96,10 @@ def analyse(name: str, comm=None) -> torch.Tensor | None:
     """The analysis of case ``name`` (on the ranks of ``comm``; None on ranks other than 0)."""
     settings, prob = CASES[name]
     prior, y, op = problem(**prob)
-    return EnSF(n_steps=N_STEPS, **settings).analyse(
-        prior, y, op, torch.Generator().manual_seed(11), comm=comm
+    return (
+        EnSF(n_steps=N_STEPS, **settings)
+        .analyse(prior, y, op, torch.Generator().manual_seed(11), comm=comm)
+        .ensemble
     )
 
 

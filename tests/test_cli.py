@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import xarray as xr
+from conftest import tiny  # noqa: E402
 from hydra import compose, initialize_config_dir
 
 from scoreda.config import validate
@@ -20,15 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
 ENV = {**os.environ, "WANDB_MODE": "offline", "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu")}
 
-TINY = (
-    "model.N=16",
-    "members=4",
-    "cycles=2",
-    "burn_in=0",
-    "model.spinup_cycles=4",
-    "model.member_spacing_cycles=1",
-    "filter.n_steps=10",
-)
+TINY = tuple(tiny(4, 10, "cycles=2"))
 
 
 def _run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:

@@ -72,6 +72,8 @@ def test_default_config_validates():
         (["filter.standardise=spectral", "filter.shard=state", "filter.ranks=2"], "filter.shard:"),
         (["observation.sigma=0"], "observation.sigma:"),
         (["filter.ranks=50"], "filter.ranks:"),
+        (["filter=letkf", "filter.ranks=2"], "filter.ranks: filter=letkf runs on one rank only"),
+        (["filter=none", "filter.ranks=2", "filter.shard=state"], "filter.ranks: filter=none runs on one"),
         (["surrogate.step_hours=5"], "surrogate.step_hours:"),
         (["surrogate.step_hours=0"], "surrogate.step_hours:"),
         (["pretrain.frame_hours=5"], "pretrain.frame_hours:"),

@@ -8,7 +8,8 @@ import torch
 from scipy import stats
 
 from scoreda.filters import inflate, relax_spread
-from scoreda.filters.ensf import EnSF, block, check_sharding
+from scoreda.filters.ensf import EnSF
+from scoreda.filters.sharding import block, check_sharding
 from scoreda.observations import make_observation_operator
 from scoreda.seeding import _GAMMA, counter_bits, counter_normal, mix64_int, stream_seed
 
@@ -43,7 +44,11 @@ def test_linear_gaussian_analysis_moves_to_kalman_posterior(prior_score, prior_s
     """
     prior, truth, y, op, mean_kf, std_kf = linear_gaussian(prior_std)
     M = prior.shape[0]
-    ana = EnSF(prior_score=prior_score, eps_beta=0.5).analyse(prior, y, op, torch.Generator().manual_seed(1))
+    ana = (
+        EnSF(prior_score=prior_score, eps_beta=0.5)
+        .analyse(prior, y, op, torch.Generator().manual_seed(1))
+        .ensemble
+    )
     err = rms(ana.mean(0) - mean_kf)
     assert err < rms(prior.mean(0) - mean_kf)  # moved toward the posterior
     assert err <= 1.5 * rms(std_kf) / M**0.5, (err, rms(std_kf) / M**0.5)
@@ -54,9 +59,9 @@ def test_linear_gaussian_analysis_moves_to_kalman_posterior(prior_score, prior_s
 def test_seeded_analysis_is_reproducible():
     prior, _, y, op, _, _ = linear_gaussian(1.0, d=300)
     f = EnSF(prior_score="mixture")
-    a1 = f.analyse(prior, y, op, torch.Generator().manual_seed(7))
-    a2 = f.analyse(prior, y, op, torch.Generator().manual_seed(7))
-    a3 = f.analyse(prior, y, op, torch.Generator().manual_seed(8))
+    a1 = f.analyse(prior, y, op, torch.Generator().manual_seed(7)).ensemble
+    a2 = f.analyse(prior, y, op, torch.Generator().manual_seed(7)).ensemble
+    a3 = f.analyse(prior, y, op, torch.Generator().manual_seed(8)).ensemble
     assert torch.equal(a1, a2)
     assert not torch.equal(a1, a3)
 
@@ -67,10 +72,12 @@ def test_sharp_likelihood_stays_finite_with_semi_implicit_step(prior_score):
     linearly implicit likelihood step stays finite and lands on the observations."""
     prior, _, y, op, mean_kf, _ = linear_gaussian(1.0, d=500, sigma=0.01)
     g = torch.Generator().manual_seed(1)
-    explicit = EnSF(prior_score=prior_score, eps_beta=0.025, implicit=False).analyse(prior, y, op, g)
+    explicit = EnSF(prior_score=prior_score, eps_beta=0.025, implicit=False).analyse(prior, y, op, g).ensemble
     assert not torch.isfinite(explicit).all()
-    ana = EnSF(prior_score=prior_score, eps_beta=0.025).analyse(
-        prior, y, op, torch.Generator().manual_seed(1)
+    ana = (
+        EnSF(prior_score=prior_score, eps_beta=0.025)
+        .analyse(prior, y, op, torch.Generator().manual_seed(1))
+        .ensemble
     )
     assert torch.isfinite(ana).all()
     assert rms(ana.mean(0) - mean_kf) < 0.01
@@ -84,7 +91,7 @@ def test_nonlinear_arctan_observations_reduce_error():
     truth = 0.8 * torch.randn(d, generator=g)
     op = make_observation_operator({"kind": "identity", "sigma": 0.1, "transform": "arctan"}, (1, 1, d))
     y = op.sample(truth, g)
-    ana = EnSF().analyse(prior, y, op, torch.Generator().manual_seed(1))
+    ana = EnSF().analyse(prior, y, op, torch.Generator().manual_seed(1)).ensemble
     assert torch.isfinite(ana).all()
     assert rms(ana.mean(0) - truth) < 0.5 * rms(prior.mean(0) - truth)
 
@@ -94,7 +101,7 @@ def test_partial_observations_leave_unobserved_points_to_the_prior():
     prior, truth, _, _, _, _ = linear_gaussian(1.0, d=400)
     op = make_observation_operator({"kind": "subsample", "every": 2, "sigma": 0.5}, (1, 20, 20))
     y = op.sample(truth, torch.Generator().manual_seed(3))
-    ana = EnSF().analyse(prior, y, op, torch.Generator().manual_seed(1))
+    ana = EnSF().analyse(prior, y, op, torch.Generator().manual_seed(1)).ensemble
     observed = torch.zeros(400, dtype=torch.bool)
     observed[op.indices] = True
     assert rms(ana.mean(0)[observed] - truth[observed]) < 0.75 * rms(
@@ -271,11 +278,10 @@ def test_adaptive_inflation_reaches_only_the_observed_components():
     lam = innovation_inflation(inflate(prior, 1.1), full(truth), full)
     assert torch.equal(got, inflate(inflate(prior, 1.1), lam))
     assert applied == pytest.approx(1.1 * lam)  # recorded as the analysis' ``inflation``
-    # the filters keep the factor of their last analysis
+    # the filters return the factor with the analysis
     ensf = EnSF(n_steps=2, adaptive_inflation=True, inflation=1.1)
-    ensf.analyse(prior, full(truth), full)
-    assert ensf.applied_inflation == pytest.approx(1.1 * lam)
-    assert EnSF(n_steps=2).applied_inflation is None
+    assert ensf.analyse(prior, full(truth), full).diagnostics["inflation"] == pytest.approx(1.1 * lam)
+    assert EnSF(n_steps=2).analyse(prior, full(truth), full).diagnostics == {"inflation": 1.0}
 
 
 def _letkf_grid(cutoff: float, n: int = 16):
@@ -331,7 +337,7 @@ def test_unobserved_points_learn_from_the_observed_ones():
     runs = {}
     for mode in ("none", "regress"):
         ensf = EnSF(unobserved=mode, localiser=_letkf_grid(12.0), adaptive_inflation=True)
-        runs[mode] = ensf.analyse(prior, y, op, torch.Generator().manual_seed(2))
+        runs[mode] = ensf.analyse(prior, y, op, torch.Generator().manual_seed(2)).ensemble
     err0 = rms(prior.mean(0)[~seen] - truth[~seen])
     assert err0 > 0.8
     assert rms(runs["none"].mean(0)[~seen] - truth[~seen]) > 0.9 * err0
@@ -341,7 +347,7 @@ def test_unobserved_points_learn_from_the_observed_ones():
     sharp = EnSF(
         unobserved="regress", rtps_unobserved=0.0, localiser=_letkf_grid(12.0), adaptive_inflation=True
     )
-    sharp = sharp.analyse(prior, y, op, torch.Generator().manual_seed(2))
+    sharp = sharp.analyse(prior, y, op, torch.Generator().manual_seed(2)).ensemble
     assert torch.allclose(sharp.mean(0), runs["regress"].mean(0), atol=1e-5)
     s0, s_half, s_prior = (float(x.std(0)[~seen].mean()) for x in (sharp, runs["regress"], prior))
     assert s0 < 0.35 * s_prior
@@ -354,9 +360,9 @@ def test_regress_is_a_no_op_when_everything_is_observed(prior_score):
     op = make_observation_operator({"kind": "identity", "sigma": 0.5}, (2, 16, 16))
     y = op.sample(truth, torch.Generator().manual_seed(1))
     out = [
-        EnSF(
-            n_steps=20, prior_score=prior_score, unobserved=mode, localiser=loc, adaptive_inflation=True
-        ).analyse(prior, y, op, torch.Generator().manual_seed(2))
+        EnSF(n_steps=20, prior_score=prior_score, unobserved=mode, localiser=loc, adaptive_inflation=True)
+        .analyse(prior, y, op, torch.Generator().manual_seed(2))
+        .ensemble
         for mode, loc in (("none", None), ("regress", _letkf_grid(6.0)))
     ]
     assert torch.equal(out[0], out[1])

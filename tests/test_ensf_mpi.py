@@ -20,6 +20,7 @@ from scoreda.stages.forecast import forecast
 from scoreda.stages.nature import nature
 
 sys.path.insert(0, str(Path(__file__).parent))
+from conftest import CYCLE, tiny  # noqa: E402
 from ensf_mpi_cases import CASES  # noqa: E402
 from ensf_mpi_cases import analyse as analyse_case  # noqa: E402
 
@@ -29,16 +30,7 @@ MPIEXEC = Path(sys.executable).parent / "mpiexec"
 ENV = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 ATOL = 1e-5  # one rank vs R ranks (absolute; the states here are O(1–10), SQG θ anomalies O(10 K))
 
-TINY = (
-    "model.N=16",
-    "members=5",
-    "cycles=2",
-    "burn_in=0",
-    "model.spinup_cycles=4",
-    "model.member_spacing_cycles=1",
-    "filter.n_steps=20",
-    "progress=false",
-)
+TINY = tuple(tiny(5, 20, "cycles=2", "progress=false"))
 
 
 def mpirun(ranks: int, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
@@ -168,7 +160,7 @@ def test_ranks_other_than_the_mpi_world_is_one_line_error(ranks, launched, tmp_p
 
 
 def _cycle(run_dir: Path, *overrides: str) -> None:
-    cmd = [sys.executable, str(ROOT / "workflows" / "cycle.py"), f"run_dir={run_dir}", *TINY, *overrides]
+    cmd = [*CYCLE, f"run_dir={run_dir}", *TINY, *overrides]
     p = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
 

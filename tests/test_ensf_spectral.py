@@ -26,7 +26,7 @@ def observed(n: int, every: int, sigma: float, scale: float = 1.0, transform: st
 
 
 def analyse(prior, y, op, n: int, **kw):
-    return EnSF(grid=(2, n, n), **kw).analyse(prior, y, op, torch.Generator().manual_seed(2))
+    return EnSF(grid=(2, n, n), **kw).analyse(prior, y, op, torch.Generator().manual_seed(2)).ensemble
 
 
 def test_every_4th_point_observed_corrects_the_unobserved_points():
@@ -102,16 +102,18 @@ def test_what_spectral_cannot_do_is_a_clear_error():
 def test_from_config_takes_the_grid_of_the_model():
     from omegaconf import OmegaConf
 
+    from scoreda.config import model_config
+    from scoreda.dynamics.grid import model_grid
     from scoreda.filters import make_filter
 
     cfg = OmegaConf.create({"name": "ensf", "standardise": "spectral", "unobserved": "none", "n_steps": 20})
-    sqg = make_filter(cfg, OmegaConf.create({"name": "sqg", "N": 16, "L": 20.0e6}))
+    sqg = make_filter(cfg, model_grid(model_config("sqg", N=16, L=20.0e6)))
     assert sqg.grid == (2, 16, 16)
-    l96 = make_filter(cfg, OmegaConf.create({"name": "lorenz96", "size": 40}))
+    l96 = make_filter(cfg, model_grid(model_config("lorenz96", size=40)))
     assert l96.grid == (1, 1, 40)  # a 1-D periodic grid: the DFT along it
     g = torch.Generator().manual_seed(0)
     x = torch.cumsum(torch.randn(21, 40, generator=g), 1)  # correlated neighbours
     prior, truth = x[:20], x[20]
     op = make_observation_operator({"kind": "subsample", "every": 2, "sigma": 0.3}, (1, 1, 40))
-    ana = l96.analyse(prior, op.sample(truth, g), op, torch.Generator().manual_seed(1))
+    ana = l96.analyse(prior, op.sample(truth, g), op, torch.Generator().manual_seed(1)).ensemble
     assert rms(ana.mean(0) - truth) < 0.5 * rms(prior.mean(0) - truth)

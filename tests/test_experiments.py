@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import CYCLE  # noqa: E402
 from hydra import compose, initialize_config_dir
 
 from scoreda.config import validate
@@ -80,7 +81,7 @@ def weights(tmp_path_factory):
 
 def multirun(experiment: str, root: Path, weights: Path, *overrides: str) -> Path:
     """The experiment's one command, small, with each arm's run in root/<arm>."""
-    cmd = [sys.executable, str(ROOT / "workflows" / "cycle.py"), "-m", f"experiment={experiment}", *SMALL]
+    cmd = [*CYCLE, "-m", f"experiment={experiment}", *SMALL]
     cmd += [f"surrogate.checkpoint={weights}", f"run_dir={root}/${{arm}}", *overrides]
     env = {**os.environ, "WANDB_MODE": "offline", "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
     out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)

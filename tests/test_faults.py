@@ -14,27 +14,20 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from conftest import CYCLE, tiny  # noqa: E402
 
 from scoreda.io import read_dataset_file
 from scoreda.stages.verify import verify
 
 ROOT = Path(__file__).resolve().parents[1]
 CYCLES = 4
-TINY = [
-    "model.N=16",
-    "members=4",
-    "burn_in=0",
-    "model.spinup_cycles=4",
-    "model.member_spacing_cycles=1",
-    "filter.n_steps=10",
-    "progress=false",
-]
+TINY = tiny(4, 10, "progress=false")
 KINDS = ("truth", "obs", "forecast", "analysis")
 ENV = {**os.environ, "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
 
 
 def cycle(run_dir, *extra, timeout=180):
-    cmd = [sys.executable, str(ROOT / "workflows" / "cycle.py"), f"run_dir={run_dir}", *TINY, *extra]
+    cmd = [*CYCLE, f"run_dir={run_dir}", *TINY, *extra]
     return subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=timeout)
 
 
@@ -191,7 +184,7 @@ def _in_small_fs(directory: Path, size: str, script: str, timeout=180):
 
 
 def _cycle_cmd(run_dir, *extra) -> str:
-    args = [sys.executable, str(ROOT / "workflows" / "cycle.py"), f"run_dir={run_dir}", *TINY, *extra]
+    args = [*CYCLE, f"run_dir={run_dir}", *TINY, *extra]
     return " ".join(f"'{a}'" for a in args)
 
 

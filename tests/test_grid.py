@@ -5,7 +5,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from test_cli import CONFIGS
 
-from scoreda.config import state_shape, validate
+from scoreda.config import validate
 from scoreda.dynamics import make_dynamics
 from scoreda.dynamics.grid import MIXED_UNITS, model_grid, time_coords
 
@@ -18,7 +18,7 @@ def _model(*overrides):
 def test_sqg_grid_in_km():
     m = _model("model.N=16")
     g = model_grid(m)
-    assert g.shape == state_shape(m) == (2, 16, 16) and g.length_units == "km"
+    assert g.shape == (2, 16, 16) and g.length_units == "km"
     assert np.allclose(g.x, np.arange(16) * 1250.0) and np.array_equal(g.x, g.y)  # L/N = 20000 km / 16
     assert g.periodic_lengths == (20000.0, 20000.0) and g.spacing == (1250.0, 1250.0)
     assert g.level_names == ("z=0", "z=H") and g.level_units == ("K", "K")
@@ -35,7 +35,7 @@ def test_sqg_grid_in_km():
 def test_qg2l_grid_channels(state):
     m = _model("model=qg2l", "model.nx=8", f"model.state={state}")
     g = model_grid(m)
-    assert g.shape == state_shape(m) == make_dynamics(m).state_shape
+    assert g.shape == make_dynamics(m).state_shape
     assert np.allclose(g.x, np.arange(8) * 125.0) and g.periodic_lengths == (1000.0, 1000.0)  # 1000 km
     assert g.standard_name is None and "standard_name" not in g.state_attrs
     if state == "pv":
@@ -55,7 +55,7 @@ def test_qg2l_grid_channels(state):
 def test_lorenz96_grid_in_index_units():
     m = _model("model=lorenz96", "model.size=40")
     g = model_grid(m)
-    assert g.shape == state_shape(m) == (1, 1, 40) and g.length_units == "1"
+    assert g.shape == (1, 1, 40) and g.length_units == "1"
     assert g.x.tolist() == list(range(40)) and g.y.tolist() == [0] and g.x.dtype.kind == "i"
     assert g.periodic_lengths == (1.0, 40.0) and g.spacing == (1.0, 1.0)
     assert g.level_names == ("x",) and g.state_attrs == {"units": "1", "long_name": "Lorenz-96 variable"}

@@ -13,7 +13,6 @@ from scoreda.io import (
     STATE_DIMS,
     CheckpointError,
     config_hash,
-    is_complete,
     read_dataset_file,
     read_state,
     read_variable,
@@ -41,7 +40,6 @@ def _raises(path, match=None, **kw):
         read_state(path, **kw)
     msg = str(info.value)
     assert msg.startswith(str(path)) and "\n" not in msg
-    assert not is_complete(path, **kw)
     return msg
 
 
@@ -60,7 +58,7 @@ def test_round_trip(tmp_path):
     assert attrs2 == attrs
     assert data["obs_count"].dtype == np.int64 and data["obs_count"].tolist() == [0, 1, 2]
     assert data["y"].dtype == np.float32 and np.allclose(data["y"], ys)
-    assert is_complete(path) and is_complete(str(path), shape=(3, 2, 8, 8))
+    read_state(str(path), shape=(3, 2, 8, 8))
     assert sorted(os.listdir(path.parent)) == ["analysis.h5"]  # no temp file left
 
 
@@ -203,17 +201,6 @@ def test_failed_replace_keeps_old_file(tmp_path, monkeypatch):
         write_state(path, _state(seed=2), ATTRS)
     assert [p.name for p in tmp_path.iterdir()] == ["analysis.h5"]
     assert np.array_equal(read_state(path)[0], old)
-
-
-def test_is_complete(tmp_path):
-    path = tmp_path / "analysis.h5"
-    assert not is_complete(path)
-    write_state(path, _state(), {"cycle": 7})
-    assert is_complete(path)
-    assert is_complete(path, shape=(3, 2, 8, 8), expect_attrs={"cycle": 7})
-    assert not is_complete(path, expect_attrs={"cycle": 8})
-    path.write_bytes(b"not an hdf5 file")
-    assert not is_complete(path)
 
 
 def test_writer_rejects_malformed_input(tmp_path):

@@ -10,9 +10,12 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from scoreda.config import model_config
+from scoreda.dynamics.grid import model_grid
 from scoreda.dynamics.lorenz96 import Lorenz96
 from scoreda.filters import make_filter
-from scoreda.filters.letkf import LETKF, analyse_point_loop, gaspari_cohn
+from scoreda.filters.letkf import LETKF, gaspari_cohn
+from scoreda.filters.reference import analyse_point_loop
 from scoreda.observations import PointObservation, observed_indices
 
 
@@ -65,19 +68,19 @@ def test_sqg_like_grid_equals_per_point_loop(transform, cross_level, kind):
     shape, L = (2, 8, 8), 8000.0  # km; dx = 1000 km
     prior, y, op = _case(shape, M=10, every=2, transform=transform, kind=kind)
     filt = LETKF(cutoff=3500.0, cross_level=cross_level, inflation=1.1, dx=L / 8, domain=(L, L))
-    got = filt.analyse(prior, y, op)
+    got = filt.analyse(prior, y, op).ensemble
     want = analyse_point_loop(filt, prior, y, op)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
-    torch.testing.assert_close(filt.analyse(prior, y, op), got)  # cached FFT of the taper table
+    torch.testing.assert_close(filt.analyse(prior, y, op).ensemble, got)  # cached FFT of the taper table
     chunked = dataclasses.replace(filt, chunk_elements=1000)  # many FFT and eigh batches
-    torch.testing.assert_close(chunked.analyse(prior, y, op), got)
+    torch.testing.assert_close(chunked.analyse(prior, y, op).ensemble, got)
     table = filt.taper_table(8, 8)  # one table for the whole grid: GC of the periodic offset (i, j)
     i = np.minimum(np.arange(8), 8 - np.arange(8))
     np.testing.assert_allclose(
         table.numpy(), gc_reference(1000.0 * np.hypot(i[:, None], i), 1750.0), atol=1e-12
     )
     # float32 in, float32 out, close to the float64 analysis
-    got32 = filt.analyse(prior.float(), y.float(), op)
+    got32 = filt.analyse(prior.float(), y.float(), op).ensemble
     assert got32.dtype == torch.float32
     torch.testing.assert_close(got32.double(), got, atol=1e-4, rtol=0)
 
@@ -87,9 +90,9 @@ def test_lorenz96_equals_per_point_loop():
     prior, y, op = _case(shape, M=7, every=2, transform="linear", seed=1)
     filt = LETKF.from_config(
         {"name": "letkf", "cutoff": 4 * 3.64, "inflation": 1.04, "rtpp": 0.3},
-        {"name": "lorenz96", "size": 40},
+        model_grid(model_config("lorenz96", size=40)),
     )
-    got = filt.analyse(prior, y, op)
+    got = filt.analyse(prior, y, op).ensemble
     want = analyse_point_loop(filt, prior, y, op)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
 
@@ -100,7 +103,7 @@ def test_infinite_cutoff_is_global_etkf(cutoff, loop):
     shape = (2, 8, 8)
     prior, y, op = _case(shape, M=10, every=2, transform="linear", seed=2)
     filt = LETKF(cutoff=cutoff, dx=1.0, domain=(8.0, 8.0))
-    got = analyse_point_loop(filt, prior, y, op) if loop else filt.analyse(prior, y, op)
+    got = analyse_point_loop(filt, prior, y, op) if loop else filt.analyse(prior, y, op).ensemble
     # global ETKF in matrix form
     x = prior.numpy()
     mean = x.mean(0)
@@ -118,16 +121,16 @@ def test_infinite_cutoff_is_global_etkf(cutoff, loop):
 
 def test_relaxations_keep_the_mean_and_make_filter_builds_it():
     prior, y, op = _case((2, 8, 8), M=10, every=2, transform="linear", seed=3)
-    base = LETKF(cutoff=3.0, dx=1.0, domain=(8.0, 8.0)).analyse(prior, y, op)
+    base = LETKF(cutoff=3.0, dx=1.0, domain=(8.0, 8.0)).analyse(prior, y, op).ensemble
     for kw in ({"rtpp": 0.5}, {"rtps": 0.5}):
-        relaxed = LETKF(cutoff=3.0, dx=1.0, domain=(8.0, 8.0), **kw).analyse(prior, y, op)
+        relaxed = LETKF(cutoff=3.0, dx=1.0, domain=(8.0, 8.0), **kw).analyse(prior, y, op).ensemble
         torch.testing.assert_close(relaxed.mean(0), base.mean(0))
         assert (relaxed.std(0) >= base.std(0) - 1e-9).all()
     cfg = OmegaConf.create({"name": "letkf", "cutoff": 2000.0, "cross_level": 1.0, "rtps": 0.3})
-    filt = make_filter(cfg, OmegaConf.create({"name": "sqg", "N": 64, "L": 20.0e6}))
+    filt = make_filter(cfg, model_grid(model_config("sqg", N=64, L=20.0e6)))
     assert isinstance(filt, LETKF) and filt.dx == pytest.approx(312.5) and filt.domain == (20000.0, 20000.0)
     assert filt.grid(2 * 64 * 64) == (2, 64, 64)
-    qg = make_filter(cfg, OmegaConf.create({"name": "qg2l", "nx": 32, "L": 1.0e6}))
+    qg = make_filter(cfg, model_grid(model_config("qg2l", nx=32, L=1.0e6)))
     assert qg.dx == pytest.approx(31.25)
     with pytest.raises(ValueError, match="cutoff"):
         LETKF(cutoff=-1.0, dx=1.0, domain=(8.0, 8.0))
@@ -151,7 +154,7 @@ def test_lorenz96_benchmark_rmse():
         truth = model.step(truth, model.steps_per_cycle)
         ens = model.step(ens, model.steps_per_cycle)
         y = op.sample(truth.reshape(40).double(), g)
-        post = filt.analyse(ens.reshape(7, 40).double(), y, op)
+        post = filt.analyse(ens.reshape(7, 40).double(), y, op).ensemble
         ens = post.float().reshape(7, 1, 1, 40)
         if k >= burn_in:
             errors.append(float((post.mean(0) - truth.reshape(40)).pow(2).mean().sqrt()))

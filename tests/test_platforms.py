@@ -18,6 +18,7 @@ from scoreda.stages.common import WalltimeStop, walltime_gate
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "workflows"))
+from conftest import CYCLE  # noqa: E402
 from platforms import launch_command, mpi_command, provider_mode  # noqa: E402
 
 SMALL = [
@@ -75,7 +76,7 @@ def test_bad_platform_values_are_one_line_errors():
         (["platform=slurm", "platform.ranks_per_node=0"], "platform.ranks_per_node"),
     ):
         out = subprocess.run(
-            [sys.executable, str(ROOT / "workflows" / "cycle.py"), *bad, "run_dir=/tmp/never"],
+            [*CYCLE, *bad, "run_dir=/tmp/never"],
             cwd=ROOT,
             env=env(),
             capture_output=True,
@@ -115,7 +116,7 @@ def test_walltime_gate_admits_a_cycle_only_if_it_fits(tmp_path):
 
 @pytest.mark.slow
 def test_workflow_with_no_time_left_starts_no_cycle(tmp_path):
-    cmd = [sys.executable, str(ROOT / "workflows" / "cycle.py"), f"run_dir={tmp_path / 'run'}", "cycles=2"]
+    cmd = [*CYCLE, f"run_dir={tmp_path / 'run'}", "cycles=2"]
     cmd += [*SMALL, f"platform.end_time={time.time() - 1:.0f}"]
     out = subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=300)
     assert out.returncode == 1 and "no cycle fits in this allocation" in out.stderr
@@ -126,7 +127,7 @@ def test_workflow_with_no_time_left_starts_no_cycle(tmp_path):
 def test_a_killed_mpi_stage_is_retried_and_the_run_is_unchanged(tmp_path):
     """retries=1: SIGKILL of the analysis MPI job of cycle 2 mid-run; Parsl runs it again and the run
     ends with the numbers of an undisturbed one (nothing half-written was taken for complete)."""
-    base = [sys.executable, str(ROOT / "workflows" / "cycle.py"), "cycles=3", "filter.ranks=2", *SMALL]
+    base = [*CYCLE, "cycles=3", "filter.ranks=2", *SMALL]
     ref = subprocess.run(
         [*base, f"run_dir={tmp_path / 'ref'}"],
         cwd=ROOT,

@@ -9,7 +9,6 @@ import json
 import math
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +19,11 @@ from omegaconf import OmegaConf
 
 pytest.importorskip("pyqg")
 
+from conftest import CYCLE  # noqa: E402
+
 from scoreda import metrics  # noqa: E402
-from scoreda.config import ConfigError, science_keys, state_shape, validate  # noqa: E402
+from scoreda.config import ConfigError, model_config, science_keys, validate  # noqa: E402
+from scoreda.dynamics.grid import model_grid  # noqa: E402
 from scoreda.dynamics.qg2l import TwoLayerQG  # noqa: E402
 from scoreda.observations import make_observation_operator, observed_indices  # noqa: E402
 
@@ -60,8 +62,8 @@ def test_channels_and_shapes(models):
     assert full.channel_names == ("q1", "u1", "v1", "q2", "u2", "v2")
     assert full.channel_units == ("1/s", "m/s", "m/s", "1/s", "m/s", "m/s")
     assert pv_model.channel_names == ("q1", "q2")
-    assert state_shape(OmegaConf.create({"name": "qg2l", "nx": 16, "state": "pv_velocity"})) == (6, 16, 16)
-    assert state_shape(OmegaConf.create({"name": "qg2l", "nx": 16})) == (2, 16, 16)
+    assert model_grid(model_config("qg2l", nx=16, state="pv_velocity")).shape == (6, 16, 16)
+    assert model_grid(model_config("qg2l", nx=16)).shape == (2, 16, 16)
 
 
 def test_step_recomputes_velocities_from_the_new_pv(models, pv):
@@ -180,7 +182,7 @@ def test_experiment_composes(filt):
         [1, 2, 4, 5],
         0.005,
     )
-    assert state_shape(c.model) == (6, 64, 64)
+    assert model_grid(c.model).shape == (6, 64, 64)
     assert c.run_dir == f"runs/qg_stations/{filt}" and c.experiment_name == "qg_stations"
     assert c.filter.cutoff == 75.0  # km: tuned, configs/experiment/qg_stations.yaml
     if filt == "letkf":
@@ -203,7 +205,7 @@ SMALL = [
 
 @pytest.mark.slow
 def test_two_cycles_with_both_filters(tmp_path):
-    cmd = [sys.executable, str(ROOT / "workflows" / "cycle.py"), "-m", "experiment=qg_stations"]
+    cmd = [*CYCLE, "-m", "experiment=qg_stations"]
     cmd += [
         "filter=ensf,letkf",
         *SMALL,

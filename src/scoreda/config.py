@@ -18,10 +18,12 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from scoreda.dynamics import model_science
+from scoreda.dynamics.grid import model_grid
 from scoreda.dynamics.lorenz96 import Lorenz96Params
 from scoreda.dynamics.qg2l import CHANNELS as QG2L_CHANNELS
 from scoreda.dynamics.qg2l import QG2LParams
 from scoreda.dynamics.sqg import SQGParams
+from scoreda.filters import filter_class
 
 
 class ConfigError(ValueError):
@@ -52,6 +54,13 @@ MODELS = {
     "lorenz96": _model_schema("lorenz96", Lorenz96Params),
     "qg2l": _model_schema("qg2l", QG2LParams),
 }
+
+
+def model_config(name: str, **keys) -> DictConfig:
+    """The ``model=<name>`` section with its defaults and ``keys`` set (typed, like ``validate``'s)."""
+    if name not in MODELS:
+        raise ConfigError(f"model.name: unknown model {name!r} (expected {', '.join(MODELS)})")
+    return _merge(MODELS[name], keys, "model")
 
 
 @dataclass
@@ -357,7 +366,7 @@ def _check_values(c: DictConfig) -> None:
             "model.state",
             f"expected {' or '.join(QG2L_CHANNELS)}, got {m.state!r}",
         )
-    grid = state_shape(m)
+    grid = model_grid(m).shape
     o = c.observation
     _check(
         o.kind in ("identity", "subsample", "stations"),
@@ -403,6 +412,11 @@ def _check_values(c: DictConfig) -> None:
         f"{f.ranks} ranks for {c.members} members: each rank needs at least one member",
     )
     _check(f.shard in ("members", "state"), "filter.shard", f"expected members or state, got {f.shard!r}")
+    _check(
+        f.ranks == 1 or f.shard in filter_class(f.name).capabilities.shards,
+        "filter.ranks",
+        f"filter={f.name} runs on one rank only with filter.shard={f.shard}, got {f.ranks} ranks",
+    )
     _check(0 <= f.rtps <= 1, "filter.rtps", f"must be in [0, 1], got {f.rtps}")
     _check(f.inflation >= 1, "filter.inflation", f"must be ≥ 1, got {f.inflation}")
     _check(f.n_steps >= 1, "filter.n_steps", f"must be ≥ 1, got {f.n_steps}")
@@ -624,15 +638,6 @@ def check_surrogate(s: DictConfig, par: DictConfig) -> None:
 
 
 PARALLEL = ("zero1", "zero2", "zero3", "ddp", "fsdp_full", "fsdp_grad_op")
-
-
-def state_shape(model_cfg) -> tuple[int, int, int]:
-    """(C, H, W) of one member's state for a model config, without building the model."""
-    if model_cfg.name == "sqg":
-        return (2, model_cfg.N, model_cfg.N)
-    if model_cfg.name == "lorenz96":
-        return (1, 1, model_cfg.size)
-    return (len(QG2L_CHANNELS[model_cfg.get("state", "pv")][0]), model_cfg.nx, model_cfg.nx)
 
 
 def science_keys(cfg: DictConfig) -> dict:

@@ -1,32 +1,83 @@
-"""Filters behind one protocol: ``analyse(prior[M, d], y, operator, generator) -> analysis[M, d]``."""
+"""Filters behind one protocol: ``analyse(prior[M, d], y, operator, generator) -> Analysis``.
+
+A filter is one module that declares its class in :data:`FILTERS` (``filter=<name>``); what it can
+do (:class:`Capabilities`) decides how the analysis stage launches it, and an unsupported
+combination is a config error before any work. The post-processing steps shared by the filters
+(inflation, RTPS, spread cap) are the functions below.
+"""
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+import importlib
+from dataclasses import dataclass, field
+from typing import ClassVar, Protocol, runtime_checkable
 
 import torch
 
 from scoreda.observations import ObservationOperator
 
+#: ``filter.name`` -> "module:Class" of the filter (imported on first use)
+FILTERS = {
+    "ensf": "scoreda.filters.ensf:EnSF",
+    "letkf": "scoreda.filters.letkf:LETKF",
+    "none": "scoreda.filters:NoAssimilation",
+}
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a filter supports. ``shards``: the ``filter.shard`` modes it runs on several MPI ranks
+    (empty: one rank only); ``nonlinear_operators``: observation operators other than h(x) = x[i]."""
+
+    shards: tuple[str, ...] = ()
+    nonlinear_operators: bool = True
+
+
+@dataclass
+class Analysis:
+    """What ``analyse`` returns: the ensemble [M, d] (None on MPI ranks other than 0) and the
+    diagnostics to log with the cycle's scores (e.g. ``inflation``: the factor on the forecast
+    anomalies), name -> float."""
+
+    ensemble: torch.Tensor | None
+    diagnostics: dict[str, float] = field(default_factory=dict)
+
 
 @runtime_checkable
 class Filter(Protocol):
+    capabilities: ClassVar[Capabilities]
+
     def analyse(
         self,
         prior: torch.Tensor,
         y: torch.Tensor,
         operator: ObservationOperator,
         generator: torch.Generator | None = None,
-    ) -> torch.Tensor:
-        """Analysis ensemble [M, d] from the forecast ensemble [M, d] and observations y [p]."""
+    ) -> Analysis:
+        """Analysis of the forecast ensemble [M, d] given observations y [p]. Filters with
+        ``capabilities.shards`` also take ``comm`` (a ``sharding.Collective``) and ``device``."""
         ...
+
+
+def filter_class(name: str) -> type:
+    """The class of ``filter=<name>``."""
+    if name not in FILTERS:
+        raise ValueError(f"filter.name: unknown filter {name!r} (expected {', '.join(FILTERS)})")
+    module, cls = FILTERS[name].split(":")
+    return getattr(importlib.import_module(module), cls)
 
 
 class NoAssimilation:
     """``filter=none``: the analysis is the forecast (a free ensemble run)."""
 
-    def analyse(self, prior, y, operator, generator=None):
-        return prior.clone()
+    capabilities: ClassVar[Capabilities] = Capabilities()
+
+    @classmethod
+    def from_config(cls, filter_cfg, grid=None) -> NoAssimilation:
+        return cls()
+
+    def analyse(self, prior, y, operator, generator=None) -> Analysis:
+        return Analysis(prior.clone())
 
 
 def relax_spread(analysis: torch.Tensor, prior: torch.Tensor, rtps: float) -> torch.Tensor:
@@ -105,18 +156,7 @@ def inflate_prior(
     return torch.where(mask, inflate(prior, lam), prior), factor * lam
 
 
-def make_filter(filter_cfg, model_cfg=None) -> Filter:
-    """The filter of ``filter_cfg``; ``model_cfg`` gives the grid geometry that the LETKF (and the
-    EnSF's ``unobserved=regress``) localises on."""
-    name = filter_cfg["name"]
-    if name == "ensf":
-        from scoreda.filters.ensf import EnSF
-
-        return EnSF.from_config(filter_cfg, model_cfg)
-    if name == "letkf":
-        from scoreda.filters.letkf import LETKF
-
-        return LETKF.from_config(filter_cfg, model_cfg)
-    if name == "none":
-        return NoAssimilation()
-    raise ValueError(f"filter.name: unknown filter {name!r} (expected ensf, letkf or none)")
+def make_filter(filter_cfg, grid=None) -> Filter:
+    """The filter of ``filter_cfg``; the model's ``grid`` (``dynamics.grid.Grid``) gives the shape and
+    the geometry that the LETKF (and the EnSF's ``unobserved=regress``) localises on."""
+    return filter_class(filter_cfg["name"]).from_config(filter_cfg, grid)

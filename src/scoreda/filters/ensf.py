@@ -44,60 +44,23 @@ accumulated in float64, so any R gives the one-rank result to rounding. Rank 0 g
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING, Protocol
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
-from scoreda.filters import cap_spread, inflate_prior, observed_mask, relax_spread
+from scoreda.filters import Analysis, Capabilities, cap_spread, inflate_prior, observed_mask, relax_spread
+from scoreda.filters.sharding import SHARDS, Collective, block, check_sharding
 from scoreda.observations import ObservationOperator, PointObservation
 from scoreda.seeding import CounterNormal, noise_key
 
 if TYPE_CHECKING:
+    from scoreda.dynamics.grid import Grid
     from scoreda.filters.letkf import LETKF
 
-SHARDS = ("members", "state")
 UNOBSERVED = ("none", "regress")
 STANDARDISE = ("point", "spectral")
 CG_TOL, CG_ITER = 1e-3, 50  # the spectral implicit step's conjugate gradients
-
-
-class Collective(Protocol):
-    """What a sharded analysis needs from its communicator (the mpi4py one: ``scoreda.stages.analysis``)."""
-
-    rank: int
-    size: int
-
-    def allreduce(self, t: torch.Tensor) -> torch.Tensor:
-        """Elementwise sum of ``t`` over the ranks, returned on every rank."""
-        ...
-
-    def gather(self, t: torch.Tensor, dim: int) -> torch.Tensor | None:
-        """The ranks' ``t`` concatenated along ``dim`` in rank order on rank 0 (CPU); None elsewhere."""
-        ...
-
-
-def block(n: int, parts: int, k: int) -> slice:
-    """Block ``k`` of ``range(n)`` cut into ``parts`` contiguous blocks (the first n mod parts one longer)."""
-    q, r = divmod(n, parts)
-    start = k * q + min(k, r)
-    return slice(start, start + q + (k < r))
-
-
-def check_sharding(shard: str, members: int, d: int, ranks: int) -> None:
-    """Every rank must own at least one member (``members``) or one state index (``state``)."""
-    if shard not in SHARDS:
-        raise ValueError(f"filter.shard: expected members or state, got {shard!r}")
-    if shard == "members" and members < ranks:
-        raise ValueError(
-            f"filter.ranks: {ranks} ranks for {members} members with filter.shard=members:"
-            " each rank needs at least one member (use fewer ranks or filter.shard=state)"
-        )
-    if shard == "state" and d < ranks:
-        raise ValueError(
-            f"filter.ranks: {ranks} ranks for a state of {d} values with filter.shard=state:"
-            " each rank needs at least one state index"
-        )
 
 
 @dataclass
@@ -119,8 +82,7 @@ class EnSF:
     grid: tuple[int, int, int] | None = None  # (C, H, W) of a member, periodic in H and W (``from_config``)
     cap_spread: bool = False  # analysis spread ≤ forecast spread per index, before RTPS
     chunk_elements: int = 1 << 17  # m × columns of one block of the integration (not a config key)
-    # the factor the last ``analyse`` multiplied the forecast anomalies by (``inflation`` · λ)
-    applied_inflation: float | None = field(default=None, init=False, repr=False, compare=False)
+    capabilities: ClassVar[Capabilities] = Capabilities(shards=SHARDS)
 
     def __post_init__(self) -> None:
         if self.prior_score not in ("paired", "mixture"):
@@ -143,21 +105,20 @@ class EnSF:
             raise ValueError(f"filter.standardise: expected point or spectral, got {self.standardise!r}")
 
     @classmethod
-    def from_config(cls, cfg, model_cfg=None) -> EnSF:
-        """Keys of ``cfg``; ``model_cfg`` gives the grid (C, H, W) and, with ``unobserved=regress``, the
-        localiser: the LETKF's geometry with ``cfg.cutoff`` and ``cfg.cross_level``."""
+    def from_config(cls, cfg, grid: Grid | None = None) -> EnSF:
+        """Keys of ``cfg``; the model's ``grid`` gives the shape (C, H, W) and, with
+        ``unobserved=regress``, the localiser: the LETKF's geometry with ``cfg.cutoff`` and
+        ``cfg.cross_level``."""
         kw = {
             f.name: cfg[f.name] for f in fields(cls) if f.name in cfg and f.name not in ("localiser", "grid")
         }
-        if model_cfg is not None:
-            from scoreda.config import state_shape
-
-            kw["grid"] = state_shape(model_cfg)
-        if kw.get("unobserved") == "regress" and model_cfg is not None:
+        if grid is not None:
+            kw["grid"] = grid.shape
+        if kw.get("unobserved") == "regress" and grid is not None:
             from scoreda.filters.letkf import LETKF
 
             loc = {k: cfg[k] for k in ("cutoff", "cross_level") if k in cfg}
-            kw["localiser"] = LETKF.from_config(loc, model_cfg)
+            kw["localiser"] = LETKF.from_config(loc, grid)
         return cls(**kw)
 
     # schedules --------------------------------------------------------------
@@ -171,31 +132,6 @@ class EnSF:
         """(b, σ²) at pseudo-time t: b = d log α/dt, σ² = dβ²/dt − 2 b β²."""
         b = -(1.0 - self.eps_alpha) / self.alpha(t)
         return b, (1.0 - self.eps_beta) - 2.0 * b * self.beta_sq(t)
-
-    def prior_score_fn(
-        self,
-        z: torch.Tensor,
-        x: torch.Tensor,
-        t: float,
-        rows: slice = slice(None),
-        x_sq: torch.Tensor | None = None,
-        allreduce=None,
-    ) -> torch.Tensor:
-        """Score of the forward-diffused prior at z [m, d'], the samples of members ``rows``.
-
-        x [M, d']: all standardised members on the same state indices as z. ``paired``: the pull of
-        sample i is x_i. ``mixture``: x in float64 and x_sq [M] = ‖x_j‖² over the FULL state;
-        G = z·xᵀ [m, M] (summed over ranks by ``allreduce`` when z holds a slice of the state),
-        w = softmax_j((2α G_ij − α² ‖x_j‖²) / 2β²)  (‖z_i‖² cancels), s = (α w x − z) / β².
-        (The reference form on whole arrays; ``analyse`` evaluates the same expressions block by block.)
-        """
-        a, b2 = self.alpha(t), self.beta_sq(t)
-        if self.prior_score == "paired":
-            return (a * x[rows] - z) / b2
-        g = z.to(torch.float64) @ x.T
-        if allreduce is not None:
-            g = allreduce(g)
-        return ((a * (self._mixture_weights(g, x_sq, t) @ x)).to(z.dtype) - z) / b2
 
     def _mixture_weights(self, g: torch.Tensor, x_sq: torch.Tensor, t: float) -> torch.Tensor:
         """w [m, M] = softmax_j((2α G_ij − α² ‖x_j‖²) / 2β²) from G = z·xᵀ [m, M] and ‖x_j‖² [M] (float64)."""
@@ -211,8 +147,9 @@ class EnSF:
         generator: torch.Generator | None = None,
         comm: Collective | None = None,
         device: torch.device | str | None = None,
-    ) -> torch.Tensor | None:
-        """Analysis ensemble [M, d] from the forecast ensemble ``prior`` [M, d] and obs ``y`` [p].
+    ) -> Analysis:
+        """Analysis ensemble [M, d] from the forecast ensemble ``prior`` [M, d] and obs ``y`` [p];
+        diagnostics: ``inflation``, the factor the forecast anomalies were multiplied by.
 
         The noise key is ``generator``'s seed. With ``comm`` (R ranks) every rank passes the full
         prior and all observations; rank r integrates block r of the members or of the state indices
@@ -231,7 +168,7 @@ class EnSF:
         # (whose B carries each observation to its neighbours) unobserved ones too
         regress = self.unobserved == "regress"
         everywhere = regress or self.standardise == "spectral"
-        prior, self.applied_inflation = inflate_prior(
+        prior, inflation = inflate_prior(
             prior, y, operator, self.inflation, self.adaptive_inflation, observed_only=not everywhere
         )
         full_operator = operator
@@ -251,13 +188,13 @@ class EnSF:
         if R > 1:
             analysis = comm.gather(analysis, dim=0 if self.shard == "members" else 1)
             if analysis is None:
-                return None
+                return Analysis(None, {"inflation": inflation})
             analysis = analysis.to(device)
         if regress:
             analysis = self.regress_unobserved(analysis, prior.to(device), full_operator)
         if self.cap_spread:
             analysis = cap_spread(analysis, prior.to(device))
-        return relax_spread(analysis, prior.to(device), self.rtps)
+        return Analysis(relax_spread(analysis, prior.to(device), self.rtps), {"inflation": inflation})
 
     def regress_unobserved(
         self, analysis: torch.Tensor, forecast: torch.Tensor, operator: ObservationOperator
@@ -279,7 +216,7 @@ class EnSF:
             return analysis
         if self.localiser is None:
             raise ValueError(
-                "filter.unobserved=regress: no localiser (EnSF.from_config(filter, model) builds it)"
+                "filter.unobserved=regress: no localiser (EnSF.from_config(filter, grid) builds it)"
             )
         mask = mask.to(forecast.device)
         obs = mask.nonzero().squeeze(1)
@@ -326,7 +263,7 @@ class EnSF:
         m, n = rows.stop - rows.start, local.shape[1]
         spectral = self.standardise == "spectral"
         if spectral and self.grid is None:
-            raise ValueError("filter.standardise=spectral: no grid (EnSF.from_config(filter, model) sets it)")
+            raise ValueError("filter.standardise=spectral: no grid (EnSF.from_config(filter, grid) sets it)")
         blocks = [slice(0, n)] if spectral else self._column_blocks(m, n, local.device, operator)
         width = max(s.stop - s.start for s in blocks)
         noise = CounterNormal(key, rows, cols, device=local.device, max_cols=width)

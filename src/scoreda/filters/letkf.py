@@ -53,7 +53,7 @@ sums plus O(C_a·d_h·M³) for the eigh (d_h = H·W), memory O(C_a·d_h·M²). E
 dtype of the operator's output: float32 is enough (SQG 64², M = 20, all points observed with
 σo = 1 K: float32 and float64 analyses differ by ~1e-5 K).
 
-``analyse_point_loop`` is the same analysis written as a plain loop over state points (the
+``reference.analyse_point_loop`` is the same analysis written as a plain loop over state points (the
 reference for tests and the baseline for benchmarks).
 """
 
@@ -61,11 +61,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
-from scoreda.filters import inflate_prior, relax_spread
+from scoreda.filters import Analysis, Capabilities, inflate_prior, relax_spread
 from scoreda.observations import ObservationOperator
+
+if TYPE_CHECKING:
+    from scoreda.dynamics.grid import Grid
 
 
 def gaspari_cohn(dist: torch.Tensor, cutoff: float) -> torch.Tensor:
@@ -90,8 +94,7 @@ class LETKF:
     domain: tuple[float, float] | None = None  # periodic lengths (Ly, Lx); None: one row of d points
     chunk_elements: int = 1 << 23  # bound on the elements of one batch (FFT fields, local analyses)
     _cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
-    # the factor the last ``analyse`` multiplied the forecast anomalies by (``inflation`` · λ)
-    applied_inflation: float | None = field(default=None, init=False, repr=False, compare=False)
+    capabilities: ClassVar[Capabilities] = Capabilities()  # one rank
 
     def __post_init__(self) -> None:
         if self.cutoff is None:
@@ -115,25 +118,19 @@ class LETKF:
             raise ValueError("LETKF: a finite cutoff needs the grid geometry (domain); use from_config")
 
     @classmethod
-    def from_config(cls, filter_cfg, model_cfg=None) -> LETKF:
-        """Keys of ``filter_cfg``; ``dx`` and ``domain`` (km, or index units for Lorenz-96) from the model."""
+    def from_config(cls, filter_cfg, grid: Grid | None = None) -> LETKF:
+        """Keys of ``filter_cfg``; ``dx`` and ``domain`` (in the grid's length units: km, or grid
+        index for Lorenz-96) from the model's ``grid``."""
         kw = {
             f.name: filter_cfg[f.name]
             for f in fields(cls)
             if f.init and f.name in filter_cfg and f.name not in ("dx", "domain")
         }
-        if model_cfg is not None:
-            name = model_cfg["name"]
-            if name == "sqg":
-                size_km = float(model_cfg["L"]) / 1000.0
-                kw["dx"], kw["domain"] = size_km / int(model_cfg["N"]), (size_km, size_km)
-            elif name == "qg2l":
-                size_km = float(model_cfg["L"]) / 1000.0
-                kw["dx"], kw["domain"] = size_km / int(model_cfg["nx"]), (size_km, size_km)
-            elif name == "lorenz96":
-                kw["dx"], kw["domain"] = 1.0, (1.0, float(model_cfg["size"]))
-            else:
-                raise ValueError(f"model.name: the LETKF knows no geometry for {name!r}")
+        if grid is not None:
+            dy, dx = grid.spacing
+            if dy != dx:
+                raise ValueError(f"LETKF: the grid spacing must be the same along y and x, got {dy} and {dx}")
+            kw["dx"], kw["domain"] = dx, tuple(float(n) for n in grid.periodic_lengths)
         return cls(**kw)
 
     # geometry ---------------------------------------------------------------
@@ -270,11 +267,13 @@ class LETKF:
         y: torch.Tensor,
         operator: ObservationOperator,
         generator: torch.Generator | None = None,
-    ) -> torch.Tensor:
-        """Analysis ensemble [M, d] from the forecast ensemble ``prior`` [M, d] and obs ``y`` [p]."""
-        prior, self.applied_inflation = inflate_prior(
-            prior, y, operator, self.inflation, self.adaptive_inflation
-        )
+    ) -> Analysis:
+        """Analysis ensemble [M, d] from the forecast ensemble ``prior`` [M, d] and obs ``y`` [p];
+        diagnostics: ``inflation``, the factor the forecast anomalies were multiplied by."""
+        prior, inflation = inflate_prior(prior, y, operator, self.inflation, self.adaptive_inflation)
+        return Analysis(self._analyse(prior, y, operator), {"inflation": inflation})
+
+    def _analyse(self, prior: torch.Tensor, y: torch.Tensor, operator: ObservationOperator) -> torch.Tensor:
         M, d = prior.shape
         self.grid(d)  # the state fits the grid
         if operator.indices.numel() == 0:
@@ -301,41 +300,3 @@ class LETKF:
         out = out.permute(3, 0, 2, 1).reshape(M, d)
         xa = mean + out[-1:] + U @ out[:-1]  # mean + increment + anomalies back in member space
         return self._relax(xa.to(prior.dtype), xb, prior)
-
-
-@torch.no_grad()
-def analyse_point_loop(
-    letkf: LETKF, prior: torch.Tensor, y: torch.Tensor, operator: ObservationOperator
-) -> torch.Tensor:
-    """Reference/baseline: Python loop over grid points, for tests and benchmarks.
-
-    ``letkf.analyse`` written plainly: for every state point s (level c, row i, column j) compute
-    the periodic distances r to all observations, keep those with r < cutoff, weight them
-    w = GC(r)·λ/σo², and do one ETKF with A = (M − 1)I + Ybᵀ diag(w) Yb (eigh). Vectorised over
-    observations only: d Python iterations, no sharing between levels."""
-    prior, _ = inflate_prior(prior, y, operator, letkf.inflation, letkf.adaptive_inflation)
-    M, d = prior.shape
-    C, H, W = letkf.grid(d)
-    mean = prior.mean(0)
-    xb = prior - mean
-    hx = operator(prior)
-    ybar = hx.mean(0)
-    yb, dy = hx - ybar, y.to(hx) - ybar  # [M, p], [p]
-    ind = operator.indices.to(prior.device)
-    oc, oi, oj = ind // (H * W), (ind % (H * W)) // W, ind % W
-    eye = torch.eye(M, dtype=hx.dtype, device=hx.device)
-    xa = torch.empty_like(prior)
-    for s in range(d):
-        c, i, j = s // (H * W), (s % (H * W)) // W, s % W
-        di, dj = (oi - i).abs(), (oj - j).abs()
-        di, dj = torch.minimum(di, H - di), torch.minimum(dj, W - dj)
-        r = letkf.dx * torch.sqrt((di * di + dj * dj).double())
-        sel = r < letkf.cutoff
-        lam_j = torch.where(oc[sel] == c, 1.0, letkf.cross_level)
-        w = (gaspari_cohn(r[sel], letkf.cutoff) * lam_j / float(operator.sigma) ** 2).to(hx.dtype)
-        ys = yb[:, sel]  # [M, k]
-        lam, v = torch.linalg.eigh((M - 1) * eye + (ys * w) @ ys.T)
-        wbar = v @ ((v.T @ (ys @ (w * dy[sel]))) / lam)
-        t = (v * ((M - 1) / lam).sqrt()) @ v.T + wbar[:, None]
-        xa[:, s] = mean[s] + xb[:, s].to(t.dtype) @ t
-    return letkf._relax(xa, xb, prior)

@@ -39,7 +39,6 @@ __all__ = [
     "STATE_DIMS",
     "CheckpointError",
     "config_hash",
-    "is_complete",
     "read_dataset_file",
     "read_state",
     "read_variable",
@@ -374,15 +373,6 @@ def read_state(
     if dims["state"] != STATE_DIMS:
         raise CheckpointError(path, f"variable 'state' has dimensions {dims['state']}, expected {STATE_DIMS}")
     return data["state"], attrs
-
-
-def is_complete(path: str | os.PathLike, **kwargs: Any) -> bool:
-    """True iff ``read_state(path, **kwargs)`` would succeed."""
-    try:
-        read_state(path, **kwargs)
-    except CheckpointError:
-        return False
-    return True
 
 
 def config_hash(cfg: Mapping[str, Any]) -> str:

@@ -1,6 +1,7 @@
 """Analysis: assimilate the observations of cycle k into the forecast ensemble (``filter`` config).
 
-One process (``filter.ranks=1``), or ``filter.ranks`` MPI ranks for the EnSF:
+One process (``filter.ranks=1``), or ``filter.ranks`` MPI ranks for a filter that shards
+(``Capabilities.shards``):
 
     mpiexec -n R python -m scoreda.stages.analysis --run-dir RUN --cycle K
 
@@ -22,7 +23,7 @@ import torch
 
 from scoreda.config import ConfigError
 from scoreda.filters import make_filter
-from scoreda.filters.ensf import EnSF, check_sharding
+from scoreda.filters.sharding import check_sharding
 from scoreda.seeding import generator
 from scoreda.stages.common import Run, main, record_time
 from scoreda.stages.nature import read_observations
@@ -40,7 +41,7 @@ def _env_int(names: tuple[str, ...]) -> int | None:
 
 
 class MPICollective:
-    """``scoreda.filters.ensf.Collective`` over an mpi4py communicator; tensors travel through host memory."""
+    """``filters.sharding.Collective`` over an mpi4py communicator; tensors travel through host memory."""
 
     def __init__(self, comm):
         self.comm = comm
@@ -97,10 +98,12 @@ def analysis(run_dir, cycle: int) -> str | None:
     run = Run(run_dir)
     f = run.cfg.filter
     comm = communicator(f.ranks, run.cfg.platform.mpi_launcher)
-    filt = make_filter(f, run.cfg.model)
+    filt = make_filter(f, run.grid)
     if comm is not None:
-        if not isinstance(filt, EnSF):
-            raise ConfigError(f"filter.ranks: only filter=ensf runs on several ranks, got filter={f.name}")
+        if f.shard not in filt.capabilities.shards:
+            raise ConfigError(
+                f"filter.ranks: filter={f.name} does not run on several ranks with filter.shard={f.shard}"
+            )
         try:
             check_sharding(f.shard, run.cfg.members, math.prod(run.shape), f.ranks)
         except ValueError as e:
@@ -120,9 +123,8 @@ def analysis(run_dir, cycle: int) -> str | None:
         else:
             post = filt.analyse(prior.reshape(M, -1), y, op, gen, comm=comm, device=run.cfg.device)
         if comm is None or comm.rank == 0:
-            lam = getattr(filt, "applied_inflation", None)  # anomalies × this before the update
-            extra = {} if lam is None else {"inflation": float(lam)}
-            run.write(cycle, "analysis", post.reshape(prior.shape).cpu(), **extra)
+            diagnostics = {k: float(v) for k, v in post.diagnostics.items()}
+            run.write(cycle, "analysis", post.ensemble.reshape(prior.shape).cpu(), **diagnostics)
             record_time(run, cycle, "analysis", t0)
     return str(run.path(cycle, "analysis")) if comm is None or comm.rank == 0 else None
 

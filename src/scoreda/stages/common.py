@@ -15,12 +15,11 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from scoreda.config import ConfigError, science_keys, state_shape, validate
+from scoreda.config import ConfigError, science_keys, validate
 from scoreda.dynamics import Dynamics, make_dynamics
 from scoreda.dynamics.grid import Grid, model_grid, time_coords
 from scoreda.io import CheckpointError, config_hash, read_state, write_state, write_text
 
-ARTEFACTS = ("truth", "obs", "forecast", "analysis")
 # attributes every state file carries (Run.attrs) and a reader checks; newer keys are not required
 CHECKED_ATTRS = ("cycle", "kind", "time_hours", "model", "grid", "units", "config_hash", "seed")
 
@@ -82,7 +81,7 @@ class Run:
         self.dir = Path(run_dir)
         self.cfg = load_config(self.dir)
         self.hash = config_hash(science_keys(self.cfg))
-        self.shape = state_shape(self.cfg.model)
+        self.shape = self.grid.shape
         torch.set_num_threads(self.cfg.platform.threads_per_worker)
 
     def path(self, cycle: int, name: str) -> Path:

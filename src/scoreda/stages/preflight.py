@@ -10,7 +10,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from scoreda.config import ConfigError, state_shape
+from scoreda.config import ConfigError
+from scoreda.dynamics.grid import model_grid
 from scoreda.io.atomic import MARGIN
 
 
@@ -39,7 +40,7 @@ def check_writable(run_dir: str | Path) -> None:
 def bytes_per_cycle(cfg: DictConfig) -> int:
     """What one cycle writes: truth, forecast and analysis in float32, the observations (at most one
     per state value: value + index), the fine-tuned weights of an online surrogate, scores and logs."""
-    d = math.prod(state_shape(cfg.model))
+    d = math.prod(model_grid(cfg.model).shape)
     n = 4 * d * (1 + 2 * cfg.members) + 12 * d + PER_CYCLE_SMALL
     if cfg.forecaster.name == "vit" and cfg.surrogate.online and cfg.surrogate.checkpoint:
         n += Path(cfg.surrogate.checkpoint).stat().st_size
@@ -49,7 +50,7 @@ def bytes_per_cycle(cfg: DictConfig) -> int:
 def bytes_needed(cfg: DictConfig, done: int) -> int:
     """What the rest of a run writes after ``done`` complete cycles (cycle 0 and the cache included
     when nothing is done yet)."""
-    d = math.prod(state_shape(cfg.model))
+    d = math.prod(model_grid(cfg.model).shape)
     first = 8 * d * (cfg.members + 1) if done == 0 else 0  # initial ensemble + truth, and the cache
     return first + (cfg.cycles - done) * bytes_per_cycle(cfg) + PLOTS_AND_LOGS
 
