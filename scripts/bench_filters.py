@@ -64,7 +64,14 @@ def loop_check(prior_score: str, transform: str = "linear") -> float:
     prior = torch.sin(0.1 * torch.arange(d)) + spread * torch.randn(8, d, generator=g)
     op = PointObservation(torch.arange(0, d, 2), sigma=0.5, d=d, transform=transform)
     y = op.sample(spread * torch.randn(d, generator=g), g)
-    ensf = EnSF(n_steps=20, prior_score=prior_score, rtps=0.3, inflation=1.1)
+    ensf = EnSF(
+        n_steps=20,
+        prior_score=prior_score,
+        rtps=0.3,
+        inflation=1.1,
+        adaptive_inflation=False,
+        unobserved="none",
+    )
     want = ensf.analyse(prior, y, op, torch.Generator().manual_seed(7)).ensemble
     got = ensf_member_loop(ensf, prior, y, op, torch.Generator().manual_seed(7))
     return float((got - want).abs().max())
@@ -103,7 +110,13 @@ def peak_rss() -> int:
 def bench_ensf(spec: dict, mpi) -> dict:
     prior, y, op = problem(spec["d"])
     shard = spec["shard"] if spec["ranks"] > 1 else "members"
-    filt = EnSF(n_steps=spec["n_steps"], prior_score=spec["prior_score"], shard=shard)
+    filt = EnSF(
+        n_steps=spec["n_steps"],
+        prior_score=spec["prior_score"],
+        shard=shard,
+        adaptive_inflation=False,
+        unobserved="none",
+    )
 
     def clock(fn) -> float:  # seconds from a common start, max over ranks
         if mpi is not None:
@@ -155,7 +168,10 @@ def bench_gpu(spec: dict, mpi=None) -> dict:
     """EnSF on the GPU, CUDA events; the device's copy bandwidth (read + write of 1 GiB)."""
     dev = torch.device("cuda")
     prior, y, op = problem(spec["d"], dev)  # indices on the device too: no host copies per step
-    filt, gen = EnSF(n_steps=spec["n_steps"]), torch.Generator().manual_seed(1)
+    filt, gen = (
+        EnSF(n_steps=spec["n_steps"], adaptive_inflation=False, unobserved="none"),
+        torch.Generator().manual_seed(1),
+    )
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
 
     def cuda_time(fn, n: int = 1) -> float:

@@ -21,7 +21,9 @@ from scoreda.observations import make_observation_operator
 
 # name: (EnSF settings, problem settings). M = 20 splits unevenly on 3 ranks (7, 7, 6); the state
 # (1000 values, or 2×16×16) splits unevenly too; partial observations leave some slices with few.
-GRID = LETKF(cutoff=6.0, dx=1.0, domain=(16.0, 16.0))  # the localiser of unobserved=regress on 16×16
+GRID = LETKF(
+    cutoff=6.0, dx=1.0, domain=(16.0, 16.0), rtps=0.0
+)  # the localiser of unobserved=regress on 16×16
 CASES = {
     "members-paired-linear": (
         dict(shard="members", prior_score="paired", rtps=0.5, inflation=1.1),
@@ -97,7 +99,7 @@ def analyse(name: str, comm=None) -> torch.Tensor | None:
     settings, prob = CASES[name]
     prior, y, op = problem(**prob)
     return (
-        EnSF(n_steps=N_STEPS, **settings)
+        EnSF(n_steps=N_STEPS, **({"adaptive_inflation": False, "unobserved": "none"} | settings))
         .analyse(prior, y, op, torch.Generator().manual_seed(11), comm=comm)
         .ensemble
     )
@@ -119,7 +121,9 @@ def _main() -> None:
     if args.members:  # one small analysis, for the sharding checks
         prior, y, op = problem({"kind": "identity", "sigma": 1.0}, (1, 1, args.d), args.members)
         try:
-            EnSF(n_steps=2, shard=args.shard).analyse(prior, y, op, comm=comm)
+            EnSF(n_steps=2, shard=args.shard, adaptive_inflation=False, unobserved="none").analyse(
+                prior, y, op, comm=comm
+            )
         except ValueError as e:
             if comm.rank == 0:
                 print(e, file=sys.stderr)

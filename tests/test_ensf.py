@@ -45,7 +45,7 @@ def test_linear_gaussian_analysis_moves_to_kalman_posterior(prior_score, prior_s
     prior, truth, y, op, mean_kf, std_kf = linear_gaussian(prior_std)
     M = prior.shape[0]
     ana = (
-        EnSF(prior_score=prior_score, eps_beta=0.5)
+        EnSF(prior_score=prior_score, eps_beta=0.5, adaptive_inflation=False, unobserved="none")
         .analyse(prior, y, op, torch.Generator().manual_seed(1))
         .ensemble
     )
@@ -58,7 +58,7 @@ def test_linear_gaussian_analysis_moves_to_kalman_posterior(prior_score, prior_s
 
 def test_seeded_analysis_is_reproducible():
     prior, _, y, op, _, _ = linear_gaussian(1.0, d=300)
-    f = EnSF(prior_score="mixture")
+    f = EnSF(prior_score="mixture", adaptive_inflation=False, unobserved="none")
     a1 = f.analyse(prior, y, op, torch.Generator().manual_seed(7)).ensemble
     a2 = f.analyse(prior, y, op, torch.Generator().manual_seed(7)).ensemble
     a3 = f.analyse(prior, y, op, torch.Generator().manual_seed(8)).ensemble
@@ -72,10 +72,20 @@ def test_sharp_likelihood_stays_finite_with_semi_implicit_step(prior_score):
     linearly implicit likelihood step stays finite and lands on the observations."""
     prior, _, y, op, mean_kf, _ = linear_gaussian(1.0, d=500, sigma=0.01)
     g = torch.Generator().manual_seed(1)
-    explicit = EnSF(prior_score=prior_score, eps_beta=0.025, implicit=False).analyse(prior, y, op, g).ensemble
+    explicit = (
+        EnSF(
+            prior_score=prior_score,
+            eps_beta=0.025,
+            implicit=False,
+            adaptive_inflation=False,
+            unobserved="none",
+        )
+        .analyse(prior, y, op, g)
+        .ensemble
+    )
     assert not torch.isfinite(explicit).all()
     ana = (
-        EnSF(prior_score=prior_score, eps_beta=0.025)
+        EnSF(prior_score=prior_score, eps_beta=0.025, adaptive_inflation=False, unobserved="none")
         .analyse(prior, y, op, torch.Generator().manual_seed(1))
         .ensemble
     )
@@ -91,7 +101,11 @@ def test_nonlinear_arctan_observations_reduce_error():
     truth = 0.8 * torch.randn(d, generator=g)
     op = make_observation_operator({"kind": "identity", "sigma": 0.1, "transform": "arctan"}, (1, 1, d))
     y = op.sample(truth, g)
-    ana = EnSF().analyse(prior, y, op, torch.Generator().manual_seed(1)).ensemble
+    ana = (
+        EnSF(adaptive_inflation=False, unobserved="none")
+        .analyse(prior, y, op, torch.Generator().manual_seed(1))
+        .ensemble
+    )
     assert torch.isfinite(ana).all()
     assert rms(ana.mean(0) - truth) < 0.5 * rms(prior.mean(0) - truth)
 
@@ -101,7 +115,11 @@ def test_partial_observations_leave_unobserved_points_to_the_prior():
     prior, truth, _, _, _, _ = linear_gaussian(1.0, d=400)
     op = make_observation_operator({"kind": "subsample", "every": 2, "sigma": 0.5}, (1, 20, 20))
     y = op.sample(truth, torch.Generator().manual_seed(3))
-    ana = EnSF().analyse(prior, y, op, torch.Generator().manual_seed(1)).ensemble
+    ana = (
+        EnSF(adaptive_inflation=False, unobserved="none")
+        .analyse(prior, y, op, torch.Generator().manual_seed(1))
+        .ensemble
+    )
     observed = torch.zeros(400, dtype=torch.bool)
     observed[op.indices] = True
     assert rms(ana.mean(0)[observed] - truth[observed]) < 0.75 * rms(
@@ -124,9 +142,9 @@ def test_rtps_and_inflation():
 
 def test_rejects_bad_settings():
     with pytest.raises(ValueError, match="filter.prior_score"):
-        EnSF(prior_score="exact")
+        EnSF(prior_score="exact", adaptive_inflation=False, unobserved="none")
     with pytest.raises(ValueError, match="filter.n_steps"):
-        EnSF(n_steps=0)
+        EnSF(n_steps=0, adaptive_inflation=False, unobserved="none")
 
 
 # ------------------------------------------------------------------------------ counter-based noise
@@ -212,7 +230,7 @@ def test_sharding_needs_one_member_or_state_index_per_rank():
         check_sharding("state", 20, 3, 4)
     check_sharding("state", 2, 100, 3)
     with pytest.raises(ValueError, match="filter.shard"):
-        EnSF(shard="both")
+        EnSF(shard="both", adaptive_inflation=False, unobserved="none")
 
 
 @pytest.mark.parametrize("transform", ["linear", "arctan"])
@@ -279,15 +297,17 @@ def test_adaptive_inflation_reaches_only_the_observed_components():
     assert torch.equal(got, inflate(inflate(prior, 1.1), lam))
     assert applied == pytest.approx(1.1 * lam)  # recorded as the analysis' ``inflation``
     # the filters return the factor with the analysis
-    ensf = EnSF(n_steps=2, adaptive_inflation=True, inflation=1.1)
+    ensf = EnSF(n_steps=2, adaptive_inflation=True, inflation=1.1, unobserved="none")
     assert ensf.analyse(prior, full(truth), full).diagnostics["inflation"] == pytest.approx(1.1 * lam)
-    assert EnSF(n_steps=2).analyse(prior, full(truth), full).diagnostics == {"inflation": 1.0}
+    assert EnSF(n_steps=2, adaptive_inflation=False, unobserved="none").analyse(
+        prior, full(truth), full
+    ).diagnostics == {"inflation": 1.0}
 
 
 def _letkf_grid(cutoff: float, n: int = 16):
     from scoreda.filters.letkf import LETKF
 
-    return LETKF(cutoff=cutoff, dx=1.0, domain=(float(n), float(n)))
+    return LETKF(cutoff=cutoff, dx=1.0, domain=(float(n), float(n)), rtps=0.0)
 
 
 def test_regression_is_the_ridge_regression_of_the_observed_increments():
@@ -372,8 +392,8 @@ def test_regress_without_a_grid_is_a_clear_error():
     prior, truth = smooth_ensemble()
     op = make_observation_operator({"kind": "subsample", "every": 2, "sigma": 0.5}, (2, 16, 16))
     with pytest.raises(ValueError, match="filter.unobserved=regress"):
-        EnSF(n_steps=2, unobserved="regress").analyse(prior, op(truth), op)
+        EnSF(n_steps=2, unobserved="regress", adaptive_inflation=False).analyse(prior, op(truth), op)
     with pytest.raises(ValueError, match="filter.unobserved"):
-        EnSF(unobserved="kriging")
+        EnSF(unobserved="kriging", adaptive_inflation=False)
     with pytest.raises(ValueError, match="filter.rtps_unobserved"):
-        EnSF(rtps_unobserved=1.5)
+        EnSF(rtps_unobserved=1.5, adaptive_inflation=False)

@@ -26,7 +26,11 @@ def observed(n: int, every: int, sigma: float, scale: float = 1.0, transform: st
 
 
 def analyse(prior, y, op, n: int, **kw):
-    return EnSF(grid=(2, n, n), **kw).analyse(prior, y, op, torch.Generator().manual_seed(2)).ensemble
+    return (
+        EnSF(grid=(2, n, n), **({"adaptive_inflation": False, "unobserved": "none"} | kw))
+        .analyse(prior, y, op, torch.Generator().manual_seed(2))
+        .ensemble
+    )
 
 
 def test_every_4th_point_observed_corrects_the_unobserved_points():
@@ -92,11 +96,15 @@ def test_cap_spread_never_widens_a_component():
 def test_what_spectral_cannot_do_is_a_clear_error():
     prior, truth, y, op, _ = observed(16, 4, 0.3)
     with pytest.raises(ValueError, match="filter.standardise: expected point or spectral"):
-        EnSF(standardise="wavelet")
+        EnSF(standardise="wavelet", adaptive_inflation=False, unobserved="none")
     with pytest.raises(ValueError, match="filter.standardise=spectral: no grid"):
-        EnSF(n_steps=2, standardise="spectral").analyse(prior, y, op)
+        EnSF(n_steps=2, standardise="spectral", adaptive_inflation=False, unobserved="none").analyse(
+            prior, y, op
+        )
     with pytest.raises(ValueError, match="does not fit the grid"):
-        EnSF(n_steps=2, standardise="spectral", grid=(1, 8, 8)).analyse(prior, y, op)
+        EnSF(
+            n_steps=2, standardise="spectral", grid=(1, 8, 8), adaptive_inflation=False, unobserved="none"
+        ).analyse(prior, y, op)
 
 
 def test_from_config_takes_the_grid_of_the_model():

@@ -67,7 +67,7 @@ def test_gaspari_cohn_convention():
 def test_sqg_like_grid_equals_per_point_loop(transform, cross_level, kind):
     shape, L = (2, 8, 8), 8000.0  # km; dx = 1000 km
     prior, y, op = _case(shape, M=10, every=2, transform=transform, kind=kind)
-    filt = LETKF(cutoff=3500.0, cross_level=cross_level, inflation=1.1, dx=L / 8, domain=(L, L))
+    filt = LETKF(cutoff=3500.0, cross_level=cross_level, inflation=1.1, dx=L / 8, domain=(L, L), rtps=0.0)
     got = filt.analyse(prior, y, op).ensemble
     want = analyse_point_loop(filt, prior, y, op)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
@@ -102,7 +102,7 @@ def test_lorenz96_equals_per_point_loop():
 def test_infinite_cutoff_is_global_etkf(cutoff, loop):
     shape = (2, 8, 8)
     prior, y, op = _case(shape, M=10, every=2, transform="linear", seed=2)
-    filt = LETKF(cutoff=cutoff, dx=1.0, domain=(8.0, 8.0))
+    filt = LETKF(cutoff=cutoff, dx=1.0, domain=(8.0, 8.0), rtps=0.0)
     got = analyse_point_loop(filt, prior, y, op) if loop else filt.analyse(prior, y, op).ensemble
     # global ETKF in matrix form
     x = prior.numpy()
@@ -121,9 +121,13 @@ def test_infinite_cutoff_is_global_etkf(cutoff, loop):
 
 def test_relaxations_keep_the_mean_and_make_filter_builds_it():
     prior, y, op = _case((2, 8, 8), M=10, every=2, transform="linear", seed=3)
-    base = LETKF(cutoff=3.0, dx=1.0, domain=(8.0, 8.0)).analyse(prior, y, op).ensemble
+    base = LETKF(cutoff=3.0, dx=1.0, domain=(8.0, 8.0), rtps=0.0).analyse(prior, y, op).ensemble
     for kw in ({"rtpp": 0.5}, {"rtps": 0.5}):
-        relaxed = LETKF(cutoff=3.0, dx=1.0, domain=(8.0, 8.0), **kw).analyse(prior, y, op).ensemble
+        relaxed = (
+            LETKF(cutoff=3.0, dx=1.0, domain=(8.0, 8.0), **({"rtps": 0.0} | kw))
+            .analyse(prior, y, op)
+            .ensemble
+        )
         torch.testing.assert_close(relaxed.mean(0), base.mean(0))
         assert (relaxed.std(0) >= base.std(0) - 1e-9).all()
     cfg = OmegaConf.create({"name": "letkf", "cutoff": 2000.0, "cross_level": 1.0, "rtps": 0.3})
@@ -133,7 +137,7 @@ def test_relaxations_keep_the_mean_and_make_filter_builds_it():
     qg = make_filter(cfg, model_grid(model_config("qg2l", nx=32, L=1.0e6)))
     assert qg.dx == pytest.approx(31.25)
     with pytest.raises(ValueError, match="cutoff"):
-        LETKF(cutoff=-1.0, dx=1.0, domain=(8.0, 8.0))
+        LETKF(cutoff=-1.0, dx=1.0, domain=(8.0, 8.0), rtps=0.0)
 
 
 @pytest.mark.slow
@@ -148,7 +152,7 @@ def test_lorenz96_benchmark_rmse():
     truth = model.step(model.initial_state(g), 1000)
     ens = model.step(truth + torch.randn(7, 1, 1, 40, generator=g), 1000)  # climatological-ish members
     op = PointObservation(torch.arange(40), sigma=1.0, d=40)
-    filt = LETKF(cutoff=4 * 3.64, inflation=1.04, dx=1.0, domain=(1.0, 40.0))
+    filt = LETKF(cutoff=4 * 3.64, inflation=1.04, dx=1.0, domain=(1.0, 40.0), rtps=0.0)
     errors = []
     for k in range(n_cycles):
         truth = model.step(truth, model.steps_per_cycle)

@@ -218,6 +218,10 @@ def _unknown_key(config_dir: Path, overrides: list[str]) -> str | None:
         return None
     except HydraException as e:
         found = re.search(r"Could not override '([^']+)'", str(e))
+        preset = re.search(r"In '([^']+)': ConfigKeyError.*?full_key: (\S+)", str(e), re.S)
+        if preset:  # a config file sets a key that the chosen option of its group lacks
+            source, full = preset.groups()
+            return f"{full}: set by {source}, but not a key of the chosen {full.rpartition('.')[0]} option"
         if not found:
             return None  # Hydra's own message
         key = found.group(1)
@@ -233,13 +237,7 @@ def _unknown_key(config_dir: Path, overrides: list[str]) -> str | None:
     keys = [str(k) for k in node.keys()]
     close = difflib.get_close_matches(leaf, keys, n=3, cutoff=0.6)
     owners = (
-        [
-            f"{parent}={f.stem}"
-            for f in sorted((config_dir / parent).glob("*.yaml"))
-            if re.search(rf"^{re.escape(leaf)}:", f.read_text(), re.M)
-        ]
-        if parent
-        else []
+        [f"{parent}={option}" for option in _options_with(config_dir, rest, parent, leaf)] if parent else []
     )
     if owners:
         where = f"{parent}={node.get('name', '?')}"
@@ -247,6 +245,22 @@ def _unknown_key(config_dir: Path, overrides: list[str]) -> str | None:
     if close:
         return f"{key}: no such key; did you mean {' or '.join(_join(parent, c) for c in close)}?"
     return f"{key}: no such key (the keys of {parent or 'the config'}: {', '.join(keys)})"
+
+
+def _options_with(config_dir: Path, overrides: list[str], group: str, leaf: str) -> list[str]:
+    """The options of config group ``group`` whose composed section has the key ``leaf``."""
+    from hydra.errors import HydraException
+
+    found = []
+    rest = [o for o in overrides if o.split("=", 1)[0] != group]
+    for option in sorted(f.stem for f in (config_dir / group).glob("*.yaml")):
+        try:
+            section = _compose(config_dir, [*rest, f"{group}={option}"]).get(group)
+        except HydraException:
+            continue
+        if section is not None and hasattr(section, "keys") and leaf in section:
+            found.append(option)
+    return found
 
 
 def run_validated(run: Callable[[DictConfig], object], cfg: DictConfig) -> None:

@@ -14,6 +14,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, get_type_hints
 
+from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -23,7 +24,9 @@ from scoreda.dynamics.lorenz96 import Lorenz96Params
 from scoreda.dynamics.qg2l import CHANNELS as QG2L_CHANNELS
 from scoreda.dynamics.qg2l import QG2LParams
 from scoreda.dynamics.sqg import SQGParams
-from scoreda.filters import filter_class
+from scoreda.filters import FILTERS as FILTER_CLASSES
+from scoreda.filters import LAUNCH_KEYS, config_fields, filter_class, make_filter
+from scoreda.filters.sharding import SHARDS
 
 
 class ConfigError(ValueError):
@@ -74,29 +77,49 @@ class Observation:
     channels: list[int] | None = None  # observed state channels (levels); None: all
 
 
-@dataclass
-class Filter:
-    name: str = "ensf"  # ensf | letkf | none
-    ranks: int = 1
-    shard: str = "members"  # members | state
-    rtps: float = 0.0
-    inflation: float = 1.0
-    adaptive_inflation: bool = False  # innovation-based inflation each cycle (filters.innovation_inflation)
-    # EnSF
-    n_steps: int = 100
-    prior_score: str = "paired"  # paired | mixture
-    eps_alpha: float = 0.05
-    eps_beta: float = 0.5
-    t_end: float = 0.0
-    implicit: bool = True
-    unobserved: str = "regress"  # none | regress (localised regression from the observed; uses cutoff)
-    rtps_unobserved: float = 0.5  # RTPS of the regressed (unobserved) components
-    standardise: str = "point"  # point (per state index) | spectral (per wavenumber: homogeneous B)
-    cap_spread: bool = False  # analysis spread ≤ forecast spread per state index (EnSF)
-    # LETKF
-    cutoff: float = 2000.0  # distance where the Gaspari–Cohn taper reaches zero (km; index units for L96)
-    cross_level: float = 1.0
-    rtpp: float = 0.0
+def _filter_schema(name: str, cls: type) -> type:
+    """Schema of ``filter=<name>``: the launch keys (name, ranks, shard), then the filter class's own
+    config fields with their defaults (``filters.config_fields``; the class is the one place)."""
+    spec = [
+        ("name", str, field(default=name)),
+        ("ranks", int, field(default=1)),
+        ("shard", str, field(default="members")),
+    ]
+    for f in config_fields(cls):
+        if f.name not in LAUNCH_KEYS:
+            spec.append(
+                (f.name, eval(f.type, {}) if isinstance(f.type, str) else f.type, field(default=f.default))
+            )
+    return make_dataclass(f"{cls.__name__}Config", spec)
+
+
+#: ``filter=<name>`` -> its schema, also registered with Hydra as ``filter/<name>_schema`` (the
+#: ``defaults`` of ``configs/filter/<name>.yaml``)
+FILTERS = {name: _filter_schema(name, filter_class(name)) for name in FILTER_CLASSES}
+for _name, _schema in FILTERS.items():
+    ConfigStore.instance().store(group="filter", name=f"{_name}_schema", node=_schema)
+
+#: keys (and defaults) of the one filter schema before issue 17; a section written then holds them
+#: all, whatever its filter; ``validate`` drops those its filter lacks, ``science_keys`` fills them in
+#: so that every run keeps its hash
+LEGACY_FILTER_KEYS = {
+    "rtps": 0.0,
+    "inflation": 1.0,
+    "adaptive_inflation": False,
+    "n_steps": 100,
+    "prior_score": "paired",
+    "eps_alpha": 0.05,
+    "eps_beta": 0.5,
+    "t_end": 0.0,
+    "implicit": True,
+    "unobserved": "regress",
+    "rtps_unobserved": 0.5,
+    "standardise": "point",
+    "cap_spread": False,
+    "cutoff": 2000.0,
+    "cross_level": 1.0,
+    "rtpp": 0.0,
+}
 
 
 @dataclass
@@ -256,7 +279,7 @@ class Root:
     arm: str | None = None  # the arm of a multi-arm experiment (configs/arm/, e.g. paper_fig4)
     model: Any = None
     observation: Observation = field(default_factory=Observation)
-    filter: Filter = field(default_factory=Filter)
+    filter: Any = None
     shocks: Shocks = field(default_factory=Shocks)
     forecaster: Forecaster = field(default_factory=Forecaster)
     surrogate: Surrogate = field(default_factory=Surrogate)
@@ -308,9 +331,19 @@ def validate(cfg: DictConfig | dict) -> DictConfig:
     )
     _check(model.name in MODELS, "model.name", f"unknown model {model.name!r} (expected {', '.join(MODELS)})")
     typed_model = _merge(MODELS[model.name], model, "model")
-    rest = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "model"])
+    flt = cfg.get("filter")
+    _check(
+        isinstance(flt, DictConfig) and "name" in flt,
+        "filter",
+        f"missing (choose filter={'|'.join(FILTERS)})",
+    )
+    _check(flt.name in FILTERS, "filter.name", f"unknown filter {flt.name!r} (expected {', '.join(FILTERS)})")
+    keys = {f.name for f in fields(FILTERS[flt.name])}
+    flt = OmegaConf.masked_copy(flt, [k for k in flt if k in keys or k not in LEGACY_FILTER_KEYS])
+    typed_filter = _merge(FILTERS[flt.name], flt, "filter")
+    rest = OmegaConf.masked_copy(cfg, [k for k in cfg if k not in ("model", "filter")])
     out = _merge(Root, rest, "")
-    out.model = typed_model
+    out.model, out.filter = typed_model, typed_filter
     _check_values(out)
     return out
 
@@ -400,57 +433,24 @@ def _check_values(c: DictConfig) -> None:
             f"expected distinct channel indices in 0..{grid[0] - 1} (null: all), got {ch}",
         )
     f = c.filter
-    _check(
-        f.name in ("ensf", "letkf", "none"),
-        "filter.name",
-        f"unknown filter {f.name!r} (expected ensf, letkf or none)",
-    )
     _check(f.ranks >= 1, "filter.ranks", f"must be ≥ 1, got {f.ranks}")
+    _check(f.shard in SHARDS, "filter.shard", f"expected {' or '.join(SHARDS)}, got {f.shard!r}")
     _check(
         f.ranks <= c.members or f.shard != "members",
         "filter.ranks",
         f"{f.ranks} ranks for {c.members} members: each rank needs at least one member",
     )
-    _check(f.shard in ("members", "state"), "filter.shard", f"expected members or state, got {f.shard!r}")
+    try:
+        shards = make_filter(f, model_grid(m)).capabilities.shards  # the filter checks its own keys
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     _check(
-        f.ranks == 1 or f.shard in filter_class(f.name).capabilities.shards,
-        "filter.ranks",
-        f"filter={f.name} runs on one rank only with filter.shard={f.shard}, got {f.ranks} ranks",
+        f.ranks == 1 or f.shard in shards,
+        "filter.shard" if shards else "filter.ranks",
+        f"filter={f.name} runs on several ranks with filter.shard={' or '.join(shards)}, not {f.shard}"
+        if shards
+        else f"filter={f.name} runs on one rank only, got {f.ranks}",
     )
-    _check(0 <= f.rtps <= 1, "filter.rtps", f"must be in [0, 1], got {f.rtps}")
-    _check(f.inflation >= 1, "filter.inflation", f"must be ≥ 1, got {f.inflation}")
-    _check(f.n_steps >= 1, "filter.n_steps", f"must be ≥ 1, got {f.n_steps}")
-    _check(
-        f.prior_score in ("paired", "mixture"),
-        "filter.prior_score",
-        f"expected paired or mixture, got {f.prior_score!r}",
-    )
-    _check(0 < f.eps_alpha < 1, "filter.eps_alpha", f"must be in (0, 1), got {f.eps_alpha}")
-    _check(0 <= f.eps_beta <= 1, "filter.eps_beta", f"must be in [0, 1], got {f.eps_beta}")
-    _check(0 <= f.t_end < 1, "filter.t_end", f"must be in [0, 1), got {f.t_end}")
-    _check(
-        f.unobserved in ("none", "regress"),
-        "filter.unobserved",
-        f"expected none or regress, got {f.unobserved!r}",
-    )
-    _check(
-        0 <= f.rtps_unobserved <= 1,
-        "filter.rtps_unobserved",
-        f"must be in [0, 1], got {f.rtps_unobserved}",
-    )
-    _check(
-        f.standardise in ("point", "spectral"),
-        "filter.standardise",
-        f"expected point or spectral, got {f.standardise!r}",
-    )
-    _check(
-        f.standardise == "point" or f.shard == "members" or f.ranks == 1,
-        "filter.shard",
-        "filter.standardise=spectral needs whole members on each rank: use filter.shard=members",
-    )
-    _check(f.cutoff > 0, "filter.cutoff", f"must be positive (.inf: global ETKF), got {f.cutoff}")
-    _check(f.cross_level >= 0, "filter.cross_level", f"must be ≥ 0, got {f.cross_level}")
-    _check(0 <= f.rtpp <= 1, "filter.rtpp", f"must be in [0, 1], got {f.rtpp}")
     _check(0 <= c.shocks.fraction <= 1, "shocks.fraction", f"must be in [0, 1], got {c.shocks.fraction}")
     _check(
         len(c.shocks.std) > 0 and all(s > 0 for s in c.shocks.std),
@@ -648,6 +648,7 @@ def science_keys(cfg: DictConfig) -> dict:
     """
     c = OmegaConf.to_container(cfg, resolve=True)
     c["model"] = model_science(c["model"])
+    c["filter"] = LEGACY_FILTER_KEYS | c["filter"]  # the hash of a run made before issue 17
     c["filter"] = {k: v for k, v in c["filter"].items() if k not in ("ranks", "shard")}  # same numbers
     # keys added after runs existed, left out at their defaults so that those runs keep their hash
     if c["model"].get("state") == "pv":

@@ -9,7 +9,7 @@ combination is a config error before any work. The post-processing steps shared 
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import ClassVar, Protocol, runtime_checkable
 
 import torch
@@ -59,6 +59,35 @@ class Filter(Protocol):
         ...
 
 
+#: ``field(metadata=CONSTRUCTED)``: a filter's field that ``from_config`` builds (not a config key)
+CONSTRUCTED = {"config": False}
+#: keys every ``filter`` section has: how the analysis stage launches the filter
+LAUNCH_KEYS = ("name", "ranks", "shard")
+
+
+def config_fields(cls: type) -> list:
+    """The dataclass fields of a filter class that are config keys (all but ``CONSTRUCTED`` ones)."""
+    return [f for f in fields(cls) if f.init and f.metadata.get("config", True)]
+
+
+def config_keys(cls: type, cfg) -> dict:
+    """The config keys of ``cls`` that ``cfg`` sets, as constructor arguments. Any other key except
+    the launch keys is an error naming it: a renamed key never falls back to a default unseen."""
+    known = {f.name for f in config_fields(cls)}
+    extra = sorted(set(cfg) - known - set(LAUNCH_KEYS))
+    if extra:
+        raise ValueError(f"filter.{extra[0]}: not a key of filter={cfg.get('name', cls.__name__)}")
+    return {k: cfg[k] for k in known if k in cfg}
+
+
+def check_common(f) -> None:
+    """The checks of the keys every ensemble filter has: ``rtps`` in [0, 1], ``inflation`` ≥ 1."""
+    if not 0 <= f.rtps <= 1:
+        raise ValueError(f"filter.rtps: must be in [0, 1], got {f.rtps}")
+    if not f.inflation >= 1:
+        raise ValueError(f"filter.inflation: must be ≥ 1, got {f.inflation}")
+
+
 def filter_class(name: str) -> type:
     """The class of ``filter=<name>``."""
     if name not in FILTERS:
@@ -67,14 +96,15 @@ def filter_class(name: str) -> type:
     return getattr(importlib.import_module(module), cls)
 
 
+@dataclass
 class NoAssimilation:
-    """``filter=none``: the analysis is the forecast (a free ensemble run)."""
+    """``filter=none``: the analysis is the forecast (a free ensemble run). No keys."""
 
     capabilities: ClassVar[Capabilities] = Capabilities()
 
     @classmethod
     def from_config(cls, filter_cfg, grid=None) -> NoAssimilation:
-        return cls()
+        return cls(**config_keys(cls, filter_cfg))
 
     def analyse(self, prior, y, operator, generator=None) -> Analysis:
         return Analysis(prior.clone())

@@ -44,12 +44,22 @@ accumulated in float64, so any R gives the one-rank result to rounding. Rank 0 g
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, ClassVar
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
-from scoreda.filters import Analysis, Capabilities, cap_spread, inflate_prior, observed_mask, relax_spread
+from scoreda.filters import (
+    CONSTRUCTED,
+    Analysis,
+    Capabilities,
+    cap_spread,
+    check_common,
+    config_keys,
+    inflate_prior,
+    observed_mask,
+    relax_spread,
+)
 from scoreda.filters.sharding import SHARDS, Collective, block, check_sharding
 from scoreda.observations import ObservationOperator, PointObservation
 from scoreda.seeding import CounterNormal, noise_key
@@ -65,24 +75,33 @@ CG_TOL, CG_ITER = 1e-3, 50  # the spectral implicit step's conjugate gradients
 
 @dataclass
 class EnSF:
-    n_steps: int = 100
-    prior_score: str = "paired"  # "paired" | "mixture"
-    eps_alpha: float = 0.05
-    eps_beta: float = 0.5
+    """``filter=ensf``. The fields are the config keys and their defaults (the schema of
+    ``configs/filter/ensf.yaml``), except those marked ``CONSTRUCTED``, which ``from_config`` sets."""
+
+    n_steps: int = 100  # Euler–Maruyama steps from t = 1 to t_end
+    prior_score: str = "paired"  # "paired" (the reference code) | "mixture" (the paper's eqs. 11–12)
+    eps_alpha: float = 0.05  # α_t = 1 − (1 − eps_alpha) t
+    eps_beta: float = 0.5  # β_t² = eps_beta + (1 − eps_beta) t
     t_end: float = 0.0  # ε: last pseudo-time (0 integrates to the end)
-    rtps: float = 0.0
-    inflation: float = 1.0
-    adaptive_inflation: bool = False  # × innovation_inflation(prior, y) (≥ 1) before the analysis
-    implicit: bool = True
-    shard: str = "members"  # how ranks split the work: "members" | "state"
-    unobserved: str = "none"  # unobserved components: "none" (as integrated) | "regress" (from observed)
-    rtps_unobserved: float = 0.5  # RTPS of the regressed components (unobserved=regress)
-    localiser: LETKF | None = None  # grid, GC cutoff and cross_level of "regress" (``from_config`` builds it)
+    implicit: bool = True  # likelihood term linearly implicit (stable for sharp likelihoods)
     standardise: str = "point"  # x̃ per state index "point" | per wavenumber "spectral" (needs ``grid``)
-    grid: tuple[int, int, int] | None = None  # (C, H, W) of a member, periodic in H and W (``from_config``)
+    rtps: float = 0.0  # relaxation of the analysis spread to the forecast spread (1 = fully)
+    inflation: float = 1.0  # multiplicative inflation of the forecast anomalies
+    adaptive_inflation: bool = True  # × innovation_inflation(prior, y) (≥ 1) before the analysis
     cap_spread: bool = False  # analysis spread ≤ forecast spread per index, before RTPS
-    chunk_elements: int = 1 << 17  # m × columns of one block of the integration (not a config key)
-    capabilities: ClassVar[Capabilities] = Capabilities(shards=SHARDS)
+    unobserved: str = "regress"  # unobserved components: "none" (as integrated) | "regress" (from observed)
+    rtps_unobserved: float = 0.5  # RTPS of the regressed components (unobserved=regress)
+    cutoff: float = 2000.0  # Gaspari–Cohn cutoff of that regression (grid length units; .inf: global)
+    cross_level: float = 1.0  # factor on the weight of observations on another level, in it
+    shard: str = "members"  # how ranks split the work: "members" | "state"
+    localiser: LETKF | None = field(default=None, metadata=CONSTRUCTED)  # the regression's geometry
+    grid: tuple[int, int, int] | None = field(default=None, metadata=CONSTRUCTED)  # (C, H, W), periodic
+    chunk_elements: int = field(default=1 << 17, metadata=CONSTRUCTED)  # m × columns of one block
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """Both shardings; ``standardise=spectral`` needs whole members on each rank."""
+        return Capabilities(shards=("members",) if self.standardise == "spectral" else SHARDS)
 
     def __post_init__(self) -> None:
         if self.prior_score not in ("paired", "mixture"):
@@ -103,22 +122,25 @@ class EnSF:
             raise ValueError(f"filter.rtps_unobserved: must be in [0, 1], got {self.rtps_unobserved}")
         if self.standardise not in STANDARDISE:
             raise ValueError(f"filter.standardise: expected point or spectral, got {self.standardise!r}")
+        check_common(self)
+        if not self.cutoff > 0:
+            raise ValueError(f"filter.cutoff: must be positive (.inf: global), got {self.cutoff}")
+        if not self.cross_level >= 0:
+            raise ValueError(f"filter.cross_level: must be ≥ 0, got {self.cross_level}")
 
     @classmethod
     def from_config(cls, cfg, grid: Grid | None = None) -> EnSF:
         """Keys of ``cfg``; the model's ``grid`` gives the shape (C, H, W) and, with
         ``unobserved=regress``, the localiser: the LETKF's geometry with ``cfg.cutoff`` and
         ``cfg.cross_level``."""
-        kw = {
-            f.name: cfg[f.name] for f in fields(cls) if f.name in cfg and f.name not in ("localiser", "grid")
-        }
+        kw = config_keys(cls, cfg)
         if grid is not None:
             kw["grid"] = grid.shape
-        if kw.get("unobserved") == "regress" and grid is not None:
+        if kw.get("unobserved", cls.unobserved) == "regress" and grid is not None:
             from scoreda.filters.letkf import LETKF
 
-            loc = {k: cfg[k] for k in ("cutoff", "cross_level") if k in cfg}
-            kw["localiser"] = LETKF.from_config(loc, grid)
+            loc = {k: kw.get(k, getattr(cls, k)) for k in ("cutoff", "cross_level")}
+            kw["localiser"] = LETKF.from_config(loc | {"rtps": 0.0}, grid)
         return cls(**kw)
 
     # schedules --------------------------------------------------------------

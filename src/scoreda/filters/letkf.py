@@ -60,12 +60,20 @@ reference for tests and the baseline for benchmarks).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
-from scoreda.filters import Analysis, Capabilities, inflate_prior, relax_spread
+from scoreda.filters import (
+    CONSTRUCTED,
+    Analysis,
+    Capabilities,
+    check_common,
+    config_keys,
+    inflate_prior,
+    relax_spread,
+)
 from scoreda.observations import ObservationOperator
 
 if TYPE_CHECKING:
@@ -84,15 +92,20 @@ def gaspari_cohn(dist: torch.Tensor, cutoff: float) -> torch.Tensor:
 
 @dataclass
 class LETKF:
+    """``filter=letkf``. The fields are the config keys and their defaults (the paper's tuned
+    setting), except those marked ``CONSTRUCTED``, which ``from_config`` sets from the grid."""
+
     cutoff: float | None = 2000.0  # distance where GC reaches zero (2c); inf / None = global ETKF
     cross_level: float = 1.0  # factor on the R⁻¹ weight of observations on another level
     inflation: float = 1.0  # multiplicative, on the forecast anomalies
     adaptive_inflation: bool = False  # × innovation_inflation(prior, y) (≥ 1), after ``inflation``
-    rtps: float = 0.0
-    rtpp: float = 0.0
-    dx: float = 1.0  # grid spacing (unit of cutoff)
-    domain: tuple[float, float] | None = None  # periodic lengths (Ly, Lx); None: one row of d points
-    chunk_elements: int = 1 << 23  # bound on the elements of one batch (FFT fields, local analyses)
+    rtps: float = 0.3  # relaxation of the analysis spread to the forecast spread (1 = fully)
+    rtpp: float = 0.0  # relaxation of the analysis perturbations to the forecast ones (1 = fully)
+    dx: float = field(default=1.0, metadata=CONSTRUCTED)  # grid spacing (unit of cutoff)
+    # periodic lengths (Ly, Lx); None: one row of d points
+    domain: tuple[float, float] | None = field(default=None, metadata=CONSTRUCTED)
+    # bound on the elements of one batch (FFT fields, local analyses)
+    chunk_elements: int = field(default=1 << 23, metadata=CONSTRUCTED)
     _cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
     capabilities: ClassVar[Capabilities] = Capabilities()  # one rank
 
@@ -104,10 +117,7 @@ class LETKF:
             raise ValueError(f"filter.cutoff: must be positive, got {self.cutoff}")
         if not self.cross_level >= 0:
             raise ValueError(f"filter.cross_level: must be ≥ 0, got {self.cross_level}")
-        if not self.inflation >= 1:
-            raise ValueError(f"filter.inflation: must be ≥ 1, got {self.inflation}")
-        if not 0 <= self.rtps <= 1:
-            raise ValueError(f"filter.rtps: must be in [0, 1], got {self.rtps}")
+        check_common(self)
         if not 0 <= self.rtpp <= 1:
             raise ValueError(f"filter.rtpp: must be in [0, 1], got {self.rtpp}")
         if not self.dx > 0:
@@ -121,11 +131,7 @@ class LETKF:
     def from_config(cls, filter_cfg, grid: Grid | None = None) -> LETKF:
         """Keys of ``filter_cfg``; ``dx`` and ``domain`` (in the grid's length units: km, or grid
         index for Lorenz-96) from the model's ``grid``."""
-        kw = {
-            f.name: filter_cfg[f.name]
-            for f in fields(cls)
-            if f.init and f.name in filter_cfg and f.name not in ("dx", "domain")
-        }
+        kw = config_keys(cls, filter_cfg)
         if grid is not None:
             dy, dx = grid.spacing
             if dy != dx:
