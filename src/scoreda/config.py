@@ -97,7 +97,7 @@ def _filter_schema(name: str, cls: type) -> type:
 #: ``defaults`` of ``configs/filter/<name>.yaml``)
 FILTERS = {name: _filter_schema(name, filter_class(name)) for name in FILTER_CLASSES}
 for _name, _schema in FILTERS.items():
-    ConfigStore.instance().store(group="filter", name=f"{_name}_schema", node=_schema)
+    ConfigStore.instance().store(group="schema/filter", name=_name, node=_schema)
 
 #: keys (and defaults) of the one filter schema before issue 17; a section written then holds them
 #: all, whatever its filter; ``validate`` drops those its filter lacks, ``science_keys`` fills them in
