@@ -9,6 +9,7 @@ import os
 import pkgutil
 import sys
 import time
+from concurrent.futures import Future
 from pathlib import Path
 
 import pytest
@@ -122,3 +123,25 @@ def test_the_watchdog_turns_a_dead_result_thread_into_an_error(tmp_path, monkeyp
         assert time.perf_counter() - t0 < 30
         assert not fut.done()  # without the watchdog this wait would never end
     parsl.clear()
+
+
+class _FinishesWhileLookedAt(Future):
+    """A future that completes (with a result) during the first look at it, as a Parsl task can."""
+
+    def done(self):
+        if not super().done():
+            self.set_result({"result": 42})
+            return False  # the look that started before it finished
+        return True
+
+
+def test_wait_does_not_mistake_a_task_finishing_mid_poll_for_a_failure():
+    """Seen on a 300-cycle LETKF run: the future finished between two looks in one poll, and the run
+    stopped with "error: NoneType: None". Now one look per poll decides."""
+    from watchdog import Tasks, wait
+
+    class Dog:
+        def check(self):
+            pass
+
+    assert wait(_FinishesWhileLookedAt(), Tasks(), Dog(), print, poll=0.01) == {"result": 42}

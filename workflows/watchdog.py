@@ -172,11 +172,12 @@ def wait(future: Future, tasks: Tasks, dog: Watchdog, say, poll: float = 1.0):
         futures.wait([future], timeout=poll)
         for line in tasks.messages():
             say(line)
-        if future.done() and future.exception() is None:
+        done = future.done()  # once: a future finishing between two looks is not a failure
+        if done and future.exception() is None:
             return future.result()
         if (t := tasks.failure()) is not None:
             raise WorkflowError(describe_failure(t))
-        if future.done():
+        if done:
             e = future.exception()
             raise e if isinstance(e, STOPS) else tasks.stop() or WorkflowError(f"{type(e).__name__}: {e}")
         dog.check()
