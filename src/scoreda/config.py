@@ -24,8 +24,7 @@ from scoreda.dynamics.lorenz96 import Lorenz96Params
 from scoreda.dynamics.qg2l import CHANNELS as QG2L_CHANNELS
 from scoreda.dynamics.qg2l import QG2LParams
 from scoreda.dynamics.sqg import SQGParams
-from scoreda.filters import FILTERS as FILTER_CLASSES
-from scoreda.filters import LAUNCH_KEYS, config_fields, filter_class, make_filter
+from scoreda.filters import LAUNCH_KEYS, config_fields, make_filter, registry
 from scoreda.filters.sharding import SHARDS
 
 
@@ -95,7 +94,7 @@ def _filter_schema(name: str, cls: type) -> type:
 
 #: ``filter=<name>`` -> its schema, also registered with Hydra as ``filter/<name>_schema`` (the
 #: ``defaults`` of ``configs/filter/<name>.yaml``)
-FILTERS = {name: _filter_schema(name, filter_class(name)) for name in FILTER_CLASSES}
+FILTERS = {name: _filter_schema(name, cls) for name, cls in registry().items()}
 for _name, _schema in FILTERS.items():
     ConfigStore.instance().store(group="schema/filter", name=_name, node=_schema)
 

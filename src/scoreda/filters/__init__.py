@@ -1,27 +1,24 @@
 """Filters behind one protocol: ``analyse(prior[M, d], y, operator, generator) -> Analysis``.
 
-A filter is one module that declares its class in :data:`FILTERS` (``filter=<name>``); what it can
-do (:class:`Capabilities`) decides how the analysis stage launches it, and an unsupported
-combination is a config error before any work. The post-processing steps shared by the filters
+A filter is one module of this package that names its class in a module-level ``REGISTER =
+{"<name>": Class}`` (``filter=<name>``), plus ``configs/filter/<name>.yaml``: nothing else changes.
+The class is a dataclass whose fields are its config keys (see ``config_fields``); what it can do
+(:class:`Capabilities`) decides how the analysis stage launches it, and an unsupported combination
+is a config error before any work. The post-processing steps shared by the filters
 (inflation, RTPS, spread cap) are the functions below.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
+import pkgutil
 from dataclasses import dataclass, field, fields
 from typing import ClassVar, Protocol, runtime_checkable
 
 import torch
 
 from scoreda.observations import ObservationOperator
-
-#: ``filter.name`` -> "module:Class" of the filter (imported on first use)
-FILTERS = {
-    "ensf": "scoreda.filters.ensf:EnSF",
-    "letkf": "scoreda.filters.letkf:LETKF",
-    "none": "scoreda.filters:NoAssimilation",
-}
 
 
 @dataclass(frozen=True)
@@ -88,12 +85,20 @@ def check_common(f) -> None:
         raise ValueError(f"filter.inflation: must be ≥ 1, got {f.inflation}")
 
 
+@functools.cache
+def registry() -> dict[str, type]:
+    """``filter.name`` -> class: ``none`` and the ``REGISTER`` of every module of this package."""
+    found = {}
+    for mod in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        found |= getattr(importlib.import_module(f"{__name__}.{mod.name}"), "REGISTER", {})
+    return found | {"none": NoAssimilation}
+
+
 def filter_class(name: str) -> type:
     """The class of ``filter=<name>``."""
-    if name not in FILTERS:
-        raise ValueError(f"filter.name: unknown filter {name!r} (expected {', '.join(FILTERS)})")
-    module, cls = FILTERS[name].split(":")
-    return getattr(importlib.import_module(module), cls)
+    if name not in registry():
+        raise ValueError(f"filter.name: unknown filter {name!r} (expected {', '.join(registry())})")
+    return registry()[name]
 
 
 @dataclass

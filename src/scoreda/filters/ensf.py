@@ -536,3 +536,6 @@ class _Work:
     def __init__(self, like: torch.Tensor) -> None:
         self.score, self.xz, self.bz, self.lik = (torch.empty_like(like) for _ in range(4))
         self.den = torch.empty(like.shape[1], dtype=like.dtype, device=like.device)
+
+
+REGISTER = {"ensf": EnSF}

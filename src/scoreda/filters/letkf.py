@@ -306,3 +306,6 @@ class LETKF:
         out = out.permute(3, 0, 2, 1).reshape(M, d)
         xa = mean + out[-1:] + U @ out[:-1]  # mean + increment + anomalies back in member space
         return self._relax(xa.to(prior.dtype), xb, prior)
+
+
+REGISTER = {"letkf": LETKF}
