@@ -32,6 +32,8 @@ class Grid:
     level_units: tuple[str, ...]  # [C]
     long_name: str  # of the state
     standard_name: str | None = None  # CF standard name of the state, where one exists
+    symbol: str | None = None  # of the state in plot labels ("θ": "θ at z=0")
+    per_level_scores: bool = False  # scores per level/channel too (levels of different quantities)
 
     def __post_init__(self) -> None:
         C, H, W = self.shape
@@ -44,6 +46,11 @@ class Grid:
     def spacing(self) -> tuple[float, float]:
         """(dy, dx) in ``length_units``."""
         return self.periodic_lengths[0] / self.shape[1], self.periodic_lengths[1] / self.shape[2]
+
+    @property
+    def level_labels(self) -> tuple[str, ...]:
+        """Plot labels of the levels: "θ at z=0" with a ``symbol``, else the level names."""
+        return tuple(f"{self.symbol} at {n}" if self.symbol else n for n in self.level_names)
 
     @property
     def units(self) -> str:
@@ -126,6 +133,7 @@ def model_grid(model_cfg) -> Grid:
             level_units=(model_cfg.units,) * 2,
             long_name="potential temperature",
             standard_name="air_potential_temperature",
+            symbol="θ",
         )
     if name == "qg2l":
         names, units = QG2L_CHANNELS[model_cfg.get("state", "pv")]
@@ -140,6 +148,7 @@ def model_grid(model_cfg) -> Grid:
             level_names=tuple(names),
             level_units=tuple(units),
             long_name=f"potential vorticity anomaly{velocity} of the two layers",
+            per_level_scores=True,
         )
     if name == "lorenz96":
         size = int(model_cfg.size)

@@ -36,10 +36,10 @@ def _square(run: Run) -> bool:
 
 
 def channels(run: Run) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
-    """(names, units) of the state's channels when the model names them, else None."""
-    model = dynamics(run)
-    names = getattr(model, "channel_names", None)
-    return None if names is None else (tuple(names), tuple(model.channel_units))
+    """(names, units) of the state's channels when the model scores them one by one
+    (``Grid.per_level_scores``), else None."""
+    g = run.grid
+    return (g.level_names, g.level_units) if g.per_level_scores else None
 
 
 def headline(run: Run) -> list[int] | None:
@@ -240,10 +240,11 @@ def _field_plots(run: Run, n: int, observed: list[int], info) -> None:
     fields = {"truth": t} | ({"observation": obs_grid} if dense else {}) | {"analysis mean": a_mean}
     errors = {"forecast mean − truth": f_mean - t, "analysis mean − truth": a_mean - t}
     stations = seen if seen is not None and not dense else None
-    km = cfg.model.L / 1e3 if "L" in cfg.model else None  # cell positions i·L/N in km
+    g = run.grid
+    km = g.periodic_lengths[1] if g.length_units == "km" else None  # cell positions i·L/N in km
     time = f"cycle {n} (t = {n * cfg.model.cycle_hours:g} h)"
     if info is None:
-        names = ("θ at z=0", "θ at z=H") if cfg.model.name == "sqg" else ("upper", "lower")
+        names = run.grid.level_labels
         plotting.plot_fields(
             fields, plots / "fields.png", names, cfg.model.units, time, errors, km, stations=stations
         )
