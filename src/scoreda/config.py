@@ -18,12 +18,9 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from scoreda.dynamics import model_science
+from scoreda.dynamics import model_params, model_science
+from scoreda.dynamics import registry as dynamics_registry
 from scoreda.dynamics.grid import model_grid
-from scoreda.dynamics.lorenz96 import Lorenz96Params
-from scoreda.dynamics.qg2l import CHANNELS as QG2L_CHANNELS
-from scoreda.dynamics.qg2l import QG2LParams
-from scoreda.dynamics.sqg import SQGParams
 from scoreda.filters import LAUNCH_KEYS, config_fields, make_filter, registry
 from scoreda.filters.sharding import SHARDS
 
@@ -34,7 +31,7 @@ class ConfigError(ValueError):
 
 @dataclass
 class ModelCommon:
-    name: str = "sqg"
+    name: str = "?"  # set per model by _model_schema
     cycle_hours: float = 12.0  # model hours between observation times (one DA cycle)
     spinup_cycles: int = 200  # free cycles before the nature run and the climatology start
     member_spacing_cycles: int = 10  # initial members: states this far apart on one long run
@@ -51,11 +48,7 @@ def _model_schema(name: str, params: type) -> type:
     return make_dataclass(f"{params.__name__}Config", spec)
 
 
-MODELS = {
-    "sqg": _model_schema("sqg", SQGParams),
-    "lorenz96": _model_schema("lorenz96", Lorenz96Params),
-    "qg2l": _model_schema("qg2l", QG2LParams),
-}
+MODELS = {name: _model_schema(name, params) for name, (params, _) in dynamics_registry().items()}
 
 
 def model_config(name: str, **keys) -> DictConfig:
@@ -326,7 +319,9 @@ def validate(cfg: DictConfig | dict) -> DictConfig:
     cfg.pop("hydra", None)
     model = cfg.get("model")
     _check(
-        isinstance(model, DictConfig) and "name" in model, "model", "missing (choose model=sqg|lorenz96|qg2l)"
+        isinstance(model, DictConfig) and "name" in model,
+        "model",
+        f"missing (choose model={'|'.join(MODELS)})",
     )
     _check(model.name in MODELS, "model.name", f"unknown model {model.name!r} (expected {', '.join(MODELS)})")
     typed_model = _merge(MODELS[model.name], model, "model")
@@ -370,34 +365,10 @@ def _check_values(c: DictConfig) -> None:
         "model.member_spacing_cycles",
         f"must be ≥ 1, got {m.member_spacing_cycles}",
     )
-    if m.name == "sqg":
-        _check(m.N >= 8 and m.N % 2 == 0, "model.N", f"must be an even number ≥ 8, got {m.N}")
-        _check(
-            m.jacobian in ("reference", "consistent"),
-            "model.jacobian",
-            f"expected reference or consistent, got {m.jacobian!r}",
-        )
-        steps = m.cycle_hours * 3600 / m.dt
-        _check(
-            m.dt > 0 and math.isclose(steps, round(steps)),
-            "model.dt",
-            f"{m.dt} s must divide model.cycle_hours={m.cycle_hours} h",
-        )
-    if m.name == "lorenz96":
-        _check(m.size >= 4, "model.size", f"must be ≥ 4, got {m.size}")
-        steps = m.cycle_time / m.dt
-        _check(
-            m.dt > 0 and math.isclose(steps, round(steps)),
-            "model.dt",
-            f"must divide model.cycle_time={m.cycle_time}",
-        )
-    if m.name == "qg2l":
-        _check(m.nx >= 4 and m.nx % 2 == 0, "model.nx", f"must be an even number ≥ 4, got {m.nx}")
-        _check(
-            m.state in QG2L_CHANNELS,
-            "model.state",
-            f"expected {' or '.join(QG2L_CHANNELS)}, got {m.state!r}",
-        )
+    try:
+        params = model_params(m)  # the model checks its own keys
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     grid = model_grid(m).shape
     o = c.observation
     _check(
@@ -491,13 +462,12 @@ def _check_values(c: DictConfig) -> None:
     _check_divides(pt.frame_hours, m.cycle_hours, "pretrain.frame_hours", "model.cycle_hours")
     step, frame = c.surrogate.step_hours or m.cycle_hours, pt.frame_hours or m.cycle_hours
     _check_divides(frame, step, "pretrain.frame_hours", "surrogate.step_hours")
-    if m.name == "sqg" and pt.frame_hours is not None:
-        n = pt.frame_hours * 3600 / m.dt
-        _check(
-            math.isclose(n, round(n)),
-            "pretrain.frame_hours",
-            f"{pt.frame_hours} h is not a multiple of model.dt={m.dt} s",
-        )
+    n = params.steps_in(pt.frame_hours) if pt.frame_hours is not None else None
+    _check(
+        n is None or math.isclose(n, round(n)),
+        "pretrain.frame_hours",
+        f"{pt.frame_hours} h is not a whole number of model steps",
+    )
     if c.forecaster.name == "vit":
         s = c.surrogate
         _check(

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import importlib
+import pkgutil
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -35,19 +39,27 @@ def model_science(model_cfg) -> dict:
     return c
 
 
+@functools.cache
+def registry() -> dict[str, tuple[type, type]]:
+    """``model.name`` -> (its parameter dataclass: keys, defaults and checks; the model class), from
+    the ``REGISTER`` of every module of this package."""
+    found = {}
+    for mod in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        found |= getattr(importlib.import_module(f"{__name__}.{mod.name}"), "REGISTER", {})
+    return found
+
+
+def model_params(model_cfg):
+    """The checked parameter dataclass of a model config (``ValueError`` naming the key)."""
+    if model_cfg["name"] not in registry():
+        raise ValueError(
+            f"model.name: unknown model {model_cfg['name']!r} (expected {', '.join(registry())})"
+        )
+    params = registry()[model_cfg["name"]][0]
+    return params(**{f.name: model_cfg[f.name] for f in dataclasses.fields(params) if f.name in model_cfg})
+
+
 def make_dynamics(model_cfg, device: str | torch.device = "cpu") -> Dynamics:
-    """Build the ``Dynamics`` named by ``model_cfg.name`` (``sqg``, ``lorenz96``, ``qg2l``)."""
-    name = model_cfg.name
-    if name == "sqg":
-        from scoreda.dynamics.sqg import SQG
-
-        return SQG.from_config(model_cfg, device=device)
-    if name == "lorenz96":
-        from scoreda.dynamics.lorenz96 import Lorenz96
-
-        return Lorenz96.from_config(model_cfg, device=device)
-    if name == "qg2l":
-        from scoreda.dynamics.qg2l import TwoLayerQG
-
-        return TwoLayerQG.from_config(model_cfg)
-    raise ValueError(f"model.name: unknown model {name!r} (expected sqg, lorenz96 or qg2l)")
+    """Build the ``Dynamics`` named by ``model_cfg.name`` (``registry``)."""
+    model_params(model_cfg)  # checked, one line naming the key
+    return registry()[model_cfg["name"]][1].from_config(model_cfg, device=device)

@@ -30,23 +30,29 @@ class Lorenz96Params:
     dt: float = 0.01
     cycle_time: float = 0.05
 
+    def __post_init__(self) -> None:
+        """The checks of ``model=lorenz96``'s keys, one line naming the key."""
+        if int(self.size) != self.size or self.size < 1:
+            raise ValueError(f"model.size: must be a positive integer, got {self.size}")
+        if not self.dt > 0:
+            raise ValueError(f"model.dt: must be positive, got {self.dt}")
+        if not self.cycle_time > 0:
+            raise ValueError(f"model.cycle_time: must be positive, got {self.cycle_time}")
+        steps = self.cycle_time / self.dt
+        if round(steps) < 1 or abs(steps - round(steps)) > 1e-9 * max(1.0, steps):
+            raise ValueError(f"model.dt: must divide model.cycle_time={self.cycle_time}, got {self.dt}")
+
+    def steps_in(self, hours: float) -> float | None:
+        """Model steps in ``hours``: None, Lorenz-96 time has no hours."""
+        return None
+
 
 class Lorenz96:
     """Batched Lorenz-96 model; ``step(x[M, 1, 1, d], n_steps)`` on CPU or CUDA unchanged."""
 
     def __init__(self, params: Lorenz96Params = Lorenz96Params(), device: str | torch.device = "cpu"):
         p = params
-        if int(p.size) != p.size or p.size < 1:
-            raise ValueError(f"model.size: must be a positive integer, got {p.size}")
-        if not p.dt > 0:
-            raise ValueError(f"model.dt: must be positive, got {p.dt}")
-        if not p.cycle_time > 0:
-            raise ValueError(f"model.cycle_time: must be positive, got {p.cycle_time}")
         steps = p.cycle_time / p.dt
-        if round(steps) < 1 or abs(steps - round(steps)) > 1e-9 * max(1.0, steps):
-            raise ValueError(
-                f"model.dt: {p.dt} does not divide model.cycle_time={p.cycle_time} into whole steps"
-            )
         self.p = p
         self.size = int(p.size)
         self.F = float(p.F)
@@ -119,3 +125,6 @@ class Lorenz96:
         """
         noise = torch.randn((batch, *self.state_shape), generator=generator, dtype=torch.float32)
         return self.F + 0.01 * noise
+
+
+REGISTER = {"lorenz96": (Lorenz96Params, Lorenz96)}

@@ -58,6 +58,22 @@ class QG2LParams:
     ntd: int = 1
     state: str = "pv"  # pv: (q1, q2) | pv_velocity: (q1, u1, v1, q2, u2, v2), seed 003's state
 
+    def __post_init__(self) -> None:
+        """The checks of ``model=qg2l``'s keys, one line naming the key."""
+        if int(self.nx) != self.nx or self.nx < 4 or self.nx % 2:
+            raise ValueError(f"model.nx: must be an even number ≥ 4, got {self.nx}")
+        if not self.dt > 0:
+            raise ValueError(f"model.dt: must be positive, got {self.dt}")
+        steps = self.steps_in(self.cycle_hours)
+        if round(steps) < 1 or abs(steps - round(steps)) > 1e-9 * max(1.0, steps):
+            raise ValueError(f"model.dt: {self.dt} s must divide model.cycle_hours={self.cycle_hours} h")
+        if self.state not in CHANNELS:
+            raise ValueError(f"model.state: expected {' or '.join(CHANNELS)}, got {self.state!r}")
+
+    def steps_in(self, hours: float) -> float:
+        """Model steps of ``dt`` seconds in ``hours``."""
+        return hours * 3600.0 / self.dt
+
     def pyqg_kwargs(self) -> dict:
         """Keyword arguments of ``pyqg.QGModel`` for this setup (square domain, nx = ny)."""
         kw = asdict(self)
@@ -116,15 +132,7 @@ class TwoLayerQG:
 
     def __init__(self, params: QG2LParams = QG2LParams()):
         p = params
-        if int(p.nx) != p.nx or p.nx < 4 or p.nx % 2:
-            raise ValueError(f"model.nx: must be an even integer ≥ 4, got {p.nx}")
-        if not p.dt > 0:
-            raise ValueError(f"model.dt: must be positive, got {p.dt}")
         steps = p.cycle_hours * 3600.0 / p.dt
-        if round(steps) < 1 or abs(steps - round(steps)) > 1e-9 * max(1.0, steps):
-            raise ValueError(f"model.dt: {p.dt} s does not divide model.cycle_hours={p.cycle_hours} h")
-        if p.state not in CHANNELS:
-            raise ValueError(f"model.state: expected pv or pv_velocity, got {p.state!r}")
         self.p = p
         self.dt = float(p.dt)
         self.channel_names, self.channel_units = CHANNELS[p.state]
@@ -134,8 +142,9 @@ class TwoLayerQG:
         self._m = build_pyqg_model(p)
 
     @classmethod
-    def from_config(cls, cfg) -> TwoLayerQG:
-        """Build from a mapping (dict or omegaconf DictConfig); unknown keys (``name``, …) are ignored."""
+    def from_config(cls, cfg, device: str = "cpu") -> TwoLayerQG:
+        """Build from a mapping (dict or omegaconf DictConfig); unknown keys (``name``, …) are ignored.
+        pyqg runs on the CPU whatever ``device``."""
         names = QG2LParams.__dataclass_fields__
         return cls(QG2LParams(**{k: cfg[k] for k in names if k in cfg}))
 
@@ -229,3 +238,6 @@ class TwoLayerQG:
         x[:, self._pv] = q
         u, v = self.velocity(x)
         return self._assemble(qn, u.double().numpy(), v.double().numpy())
+
+
+REGISTER = {"qg2l": (QG2LParams, TwoLayerQG)}

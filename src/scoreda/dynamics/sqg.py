@@ -55,6 +55,22 @@ class SQGParams:
     cycle_hours: float = 12.0
     jacobian: str = "reference"
 
+    def __post_init__(self) -> None:
+        """The checks of ``model=sqg``'s keys, one line naming the key."""
+        if int(self.N) != self.N or self.N < 8 or self.N % 2:
+            raise ValueError(f"model.N: must be an even number ≥ 8, got {self.N}")
+        if self.jacobian not in JACOBIAN_SCALE:
+            raise ValueError(f"model.jacobian: expected reference or consistent, got {self.jacobian!r}")
+        if not self.dt > 0:
+            raise ValueError(f"model.dt: must be positive, got {self.dt}")
+        steps = self.steps_in(self.cycle_hours)
+        if round(steps) < 1 or abs(steps - round(steps)) > 1e-9:
+            raise ValueError(f"model.dt: {self.dt} s must divide model.cycle_hours={self.cycle_hours} h")
+
+    def steps_in(self, hours: float) -> float:
+        """Model steps of ``dt`` seconds in ``hours``."""
+        return hours * 3600.0 / self.dt
+
 
 def hermitian_k0(xh: torch.Tensor) -> torch.Tensor:
     """The k = 0 column of a half spectrum [..., n, n/2+1] made Hermitian, c(l) ← (c(l) + c(−l)*)/2.
@@ -74,18 +90,11 @@ class SQG:
 
     def __init__(self, params: SQGParams = SQGParams(), device: str | torch.device = "cpu"):
         p = params
-        if p.N % 2:
-            raise ValueError(f"model.N: must be even, got {p.N}")
-        if p.jacobian not in JACOBIAN_SCALE:
-            raise ValueError(f"model.jacobian: expected reference or consistent, got {p.jacobian!r}")
         self.p = p
         self.device = torch.device(device)
         self.dt = float(p.dt)
         self.state_shape = (2, p.N, p.N)
-        steps = p.cycle_hours * 3600.0 / p.dt
-        if abs(steps - round(steps)) > 1e-9:
-            raise ValueError(f"model.dt: {p.dt} s does not divide model.cycle_hours={p.cycle_hours} h")
-        self.steps_per_cycle = int(round(steps))
+        self.steps_per_cycle = int(round(p.steps_in(p.cycle_hours)))
         self._jac_scale = JACOBIAN_SCALE[p.jacobian]
         self._build_spectral()
 
@@ -233,3 +242,6 @@ class SQG:
         """
         noise = torch.randn((batch, *self.state_shape), generator=generator, dtype=torch.float32)
         return noise - noise.mean(dim=(-2, -1), keepdim=True)
+
+
+REGISTER = {"sqg": (SQGParams, SQG)}
