@@ -43,8 +43,8 @@ DRY_RUN = "--dry-run"
 
 def tag(cfg: DictConfig) -> str:
     sc = cfg.scaling
-    if sc.study == "ensf":
-        return f"ensf-d{sc.per_rank}-r{sc.ranks:05d}"
+    if sc.study == "analysis":
+        return f"{sc.filter}-d{sc.per_rank}-r{sc.ranks:05d}"
     return f"vit-{cfg.surrogate.name}-{cfg.parallel.name}-r{sc.ranks:05d}"
 
 
@@ -56,9 +56,9 @@ def nodes(cfg: DictConfig) -> int:
 def worker_command(cfg: DictConfig) -> str:
     """The measurement of this point on ``scaling.ranks`` processes, by the platform's launcher."""
     sc = cfg.scaling
-    if sc.study == "ensf":
+    if sc.study == "analysis":
         spec = dict(
-            filter="ensf",
+            filter=sc.filter,
             case="scaling",
             d=sc.per_rank * sc.ranks,
             n_steps=sc.n_steps,
@@ -107,8 +107,12 @@ def measure(cfg: DictConfig, out: Path) -> dict:
         "command": command,
         **result,
     }
-    if row["study"] == "ensf":
-        row |= {"per_rank": cfg.scaling.per_rank, "dimension": cfg.scaling.per_rank * cfg.scaling.ranks}
+    if row["study"] == "analysis":
+        row |= {
+            "filter": cfg.scaling.filter,
+            "per_rank": cfg.scaling.per_rank,
+            "dimension": cfg.scaling.per_rank * cfg.scaling.ranks,
+        }
     else:
         row |= {"preset": cfg.surrogate.name, "strategy": cfg.parallel.name}
     write_text(out / "points" / f"{row['tag']}.json", json.dumps(row, indent=1))
@@ -147,7 +151,7 @@ def collect(cfg: DictConfig, out: Path) -> list[dict]:
     for r in rows:
         series = [q for q in rows if _series(q) == _series(r)]
         base = min(series, key=lambda q: q["ranks"])
-        if r["study"] == "ensf":  # weak scaling: the time per analysis should stay flat
+        if analysis(r):  # weak scaling: the time per analysis should stay flat
             r["efficiency"] = base["time_s"] / r["time_s"]
         else:  # throughput per device relative to the smallest run
             r["efficiency"] = (r["tokens_s"] / r["ranks"]) / (base["tokens_s"] / base["ranks"])
@@ -160,12 +164,19 @@ def collect(cfg: DictConfig, out: Path) -> list[dict]:
     return rows
 
 
+def analysis(r: dict) -> bool:
+    """A row of an analysis (filter weak-scaling) study: it has a state size per rank."""
+    return "per_rank" in r
+
+
 def _series(r: dict) -> str:
-    return f"EnSF d/rank={r['per_rank']:.0e}" if r["study"] == "ensf" else f"{r['preset']} {r['strategy']}"
+    if analysis(r):
+        return f"{r.get('filter', '')} d/rank={r['per_rank']:.0e}".lstrip()
+    return f"{r['preset']} {r['strategy']}"
 
 
 def markdown(rows: list[dict]) -> str:
-    if rows[0]["study"] == "ensf":
+    if analysis(rows[0]):
         head = "| series | ranks | nodes | dimension | s / analysis | efficiency |\n"
         head += "|---|---:|---:|---:|---:|---:|\n"
         body = [
@@ -193,7 +204,7 @@ def run(cfg: DictConfig) -> None:
         return
     if cfg.scaling.submit == "local":
         row = measure(cfg, out)
-        key = "time_s" if row["study"] == "ensf" else "tokens_s"
+        key = "time_s" if analysis(row) else "tokens_s"
         print(f"{row['tag']}: {key} = {row[key]:.4g}  → {out / 'points' / row['tag']}.json")
         return
     from hydra.core.hydra_config import HydraConfig

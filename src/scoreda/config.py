@@ -231,15 +231,16 @@ class Platform:
 class Scaling:
     """One point of a scaling study (``workflows/scaling.py``, ``experiment=scaling_ensf|scaling_vit``)."""
 
-    study: str = "ensf"  # ensf: weak scaling, state per rank fixed | vit: training throughput
+    study: str = "analysis"  # analysis: a filter's weak scaling, state per rank fixed | training: ViT
+    filter: str = "ensf"  # analysis: the filter timed (a name of filter=)
     ranks: int = 1  # MPI ranks / training processes (devices); nodes = ceil(ranks / ranks_per_node)
-    per_rank: int = 100_000  # ensf: state dimension per rank (dimension = per_rank × ranks)
-    n_steps: int = 100  # ensf: pseudo-time steps of one analysis
-    repeats: int = 3  # ensf: timed analyses (median)
-    batch_per_rank: int = 4  # vit: samples per rank and step (global batch = this × ranks)
-    steps: int = 5  # vit: timed optimiser steps (median), after `warmup`
+    per_rank: int = 100_000  # analysis: state dimension per rank (dimension = per_rank × ranks)
+    n_steps: int = 100  # analysis: pseudo-time steps of one analysis (score filters)
+    repeats: int = 3  # analysis: timed analyses (median)
+    batch_per_rank: int = 4  # training: samples per rank and step (global batch = this × ranks)
+    steps: int = 5  # training: timed optimiser steps (median), after `warmup`
     warmup: int = 2
-    gpu: bool = False  # vit: bf16 + flash attention on the node's GPUs
+    gpu: bool = False  # training: bf16 + flash attention on the node's GPUs
     submit: str = "local"  # local: measure now | sbatch: one job per point (--dry-run prints it)
     dry_run: bool = False
     time: str = "00:30:00"  # sbatch: time limit of a job
@@ -519,7 +520,13 @@ def _check_values(c: DictConfig) -> None:
     _check(p.retries >= 0, "platform.retries", f"must be ≥ 0, got {p.retries}")
     _check(p.lost_after_s > 0, "platform.lost_after_s", f"must be positive, got {p.lost_after_s}")
     sc = c.scaling
-    _check(sc.study in ("ensf", "vit"), "scaling.study", f"expected ensf or vit, got {sc.study!r}")
+    _check(
+        sc.study in ("analysis", "training"),
+        "scaling.study",
+        f"expected analysis or training, got {sc.study!r}",
+    )
+    timed = [f for f in FILTERS if f != "none"]
+    _check(sc.filter in timed, "scaling.filter", f"expected one of {', '.join(timed)}, got {sc.filter!r}")
     _check(sc.submit in ("local", "sbatch"), "scaling.submit", f"expected local or sbatch, got {sc.submit!r}")
     for key in ("ranks", "per_rank", "n_steps", "repeats", "batch_per_rank", "steps"):
         _check(getattr(sc, key) >= 1, f"scaling.{key}", f"must be ≥ 1, got {getattr(sc, key)}")

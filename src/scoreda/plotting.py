@@ -468,25 +468,29 @@ def plot_rank_histogram(counts: Any, path: str | Path, title: str = "") -> Path:
 
 
 def plot_scaling(rows: list[dict], path: str | Path) -> Path:
-    """Scaling study in the seed paper's layout (Fig. 7: ViT training, Fig. 8: EnSF weak scaling).
+    """Scaling study in the seed paper's layout (Fig. 7: ViT training, Fig. 8: a filter's weak scaling).
 
-    Left: throughput (ViT: tokens/s, all devices) or time per analysis (EnSF) against devices (ranks),
+    Left: throughput (ViT: tokens/s, all devices) or time per analysis (a filter) against devices (ranks),
     one line per series, log-log, with the ideal line from each series' smallest run; right: the
     efficiency against devices (1 = ideal). ``rows`` come from ``workflows/scaling.py`` (``collect``).
     """
-    ensf = rows[0]["study"] == "ensf"
+    weak = "per_rank" in rows[0]  # an analysis study (rows with a state size per rank)
     series: dict[str, list[dict]] = {}
     for r in rows:
-        name = f"d/rank={r['per_rank']:.0e}" if ensf else f"{r['preset']} {r['strategy']}"
+        name = (
+            f"{r.get('filter', '')} d/rank={r['per_rank']:.0e}".lstrip()
+            if weak
+            else f"{r['preset']} {r['strategy']}"
+        )
         series.setdefault(name, []).append(r)
     fig = _new_figure((10.0, 4.0), layout="constrained")
     ax, eff = fig.subplots(1, 2)
     for name, pts in series.items():
         pts = sorted(pts, key=lambda r: r["ranks"])
         n = np.array([r["ranks"] for r in pts], dtype=float)
-        y = np.array([r["time_s"] if ensf else r["tokens_s"] for r in pts])
+        y = np.array([r["time_s"] if weak else r["tokens_s"] for r in pts])
         (line,) = ax.plot(n, y, "o-", label=name)
-        ideal = np.full_like(n, y[0]) if ensf else y[0] * n / n[0]
+        ideal = np.full_like(n, y[0]) if weak else y[0] * n / n[0]
         ax.plot(n, ideal, ":", color=line.get_color(), lw=1)
         eff.plot(n, [r["efficiency"] for r in pts], "o-", color=line.get_color(), label=name)
     for a in (ax, eff):
@@ -494,12 +498,14 @@ def plot_scaling(rows: list[dict], path: str | Path) -> Path:
         a.set_xlabel("devices (ranks)")
         a.xaxis.set_major_formatter(ticker.FuncFormatter(lambda x, _: f"{x:g}"))
     ax.set_yscale("log")
-    ax.set_ylabel("seconds per analysis" if ensf else "tokens / s (all devices)")
-    ax.set_title("EnSF weak scaling (dotted: ideal)" if ensf else "ViT training throughput (dotted: ideal)")
+    ax.set_ylabel("seconds per analysis" if weak else "tokens / s (all devices)")
+    ax.set_title(
+        "analysis weak scaling (dotted: ideal)" if weak else "ViT training throughput (dotted: ideal)"
+    )
     eff.axhline(1.0, color="k", ls="--", lw=1)
     eff.set_ylim(0.0, 1.15 * max(1.0, max(r["efficiency"] for r in rows)))
     eff.set_ylabel("efficiency")
-    eff.set_title("weak-scaling efficiency t(1)/t(n)" if ensf else "throughput per device vs fewest ranks")
+    eff.set_title("weak-scaling efficiency t(1)/t(n)" if weak else "throughput per device vs fewest ranks")
     ax.legend(fontsize="small")
     return _save(fig, path)
 
