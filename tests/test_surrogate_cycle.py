@@ -87,8 +87,8 @@ def test_pretrain_workflow_writes_weights_and_report(pretrained):
         assert r["rmse_persistence"] > 0 and r["rmse_vit"] > 0
     # the SQG model reproduces its own nature run, but for the hidden Im θ̂(k=0, l=−N/2): the trajectory
     # restarts from its grid every hour, a forecast every 12 h (as sqgturb's advance(pv) does; test_sqg)
-    assert report["exact"]["rmse_sqg"] < 1e-2  # K; 1.1e-3 measured
-    assert report["noisy"]["rmse_sqg"] > 0.5  # from a perturbed start it does not
+    assert report["exact"]["rmse_model"] < 1e-2  # K; 1.1e-3 measured
+    assert report["noisy"]["rmse_model"] > 0.5  # from a perturbed start it does not
 
 
 def _tiny_pretrain(out_dir: Path, *extra: str) -> tuple[dict, str]:

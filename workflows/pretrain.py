@@ -5,7 +5,7 @@
 
 trajectory (nature runs, reused when they exist) → train (``parallel.ranks`` processes started by
 ``parallel.launcher``; output in ``DIR/logs/train.{out,err}``) → evaluate (held-out 12-hour
-forecast RMSE against persistence and the SQG model). DIR is ``pretrain.out_dir``
+forecast RMSE against persistence and the physics model). DIR is ``pretrain.out_dir``
 (``runs/pretrain/<preset>``); its ``weights.pt`` is where ``forecaster=vit`` looks by default.
 
 Training takes all ``pretrain.steps`` steps (7000 by default; about 15 min on a quiet 2-core machine
@@ -73,7 +73,7 @@ def _print(cfg: DictConfig, out_dir: Path, r: dict) -> None:
 
     u = r["units"]
     table = Table(title=f"{cfg.surrogate.name}: held-out 12-hour forecasts ({r['pairs']} pairs)")
-    for col in ("start", "ViT", "persistence", "SQG model", "ms/forecast ViT", "ms/forecast SQG"):
+    for col in ("start", "ViT", "persistence", "physics model", "ms/forecast ViT", "ms/forecast model"):
         table.add_column(col, justify="right")
     for start in ("exact", "noisy"):
         e = r[start]
@@ -82,9 +82,9 @@ def _print(cfg: DictConfig, out_dir: Path, r: dict) -> None:
             label,
             f"{e['rmse_vit']:.3f} {u}",
             f"{e['rmse_persistence']:.3f} {u}",
-            f"{e['rmse_sqg']:.3f} {u}",
+            f"{e['rmse_model']:.3f} {u}",
             f"{e['ms_per_forecast_vit']:.2f}",
-            f"{e['ms_per_forecast_sqg']:.2f}",
+            f"{e['ms_per_forecast_model']:.2f}",
         )
     console = Console()
     console.print(table)

@@ -21,7 +21,7 @@ directory holding ``config.yaml``); ``workflows/pretrain.py`` chains them:
   one-step step) take one-cycle pairs and the loss on the k = cycle/Δt step rollout f_θ^k(x_t)
   against x_{t+cycle}. Writes ``DIR/weights.pt`` (with Δt) and ``DIR/train.json``.
 - ``evaluate``: 12-hour forecasts (k surrogate steps) of the held-out pairs, t every cycle, from the
-  true state and from the state plus N(0, eval_noise²) noise — the surrogate, persistence and the SQG
+  true state and from the state plus N(0, eval_noise²) noise — the surrogate, persistence and the physics
   model itself — as RMSE over all grid values, averaged over pairs. Writes ``DIR/report.json`` (with
   ``train``: steps, seconds, ``stopped_early`` and its ``reason``, from train.json).
 """
@@ -205,7 +205,7 @@ def _rmse(pred: torch.Tensor, truth: torch.Tensor) -> float:
 
 
 def evaluate(out_dir: str | Path) -> dict:
-    """Held-out 12-hour forecast RMSE of the surrogate, persistence and the SQG model → report.json."""
+    """Held-out 12-hour forecast RMSE of the surrogate, persistence and the physics model → report.json."""
     from scoreda.surrogate import ViTDynamics
 
     out_dir = Path(out_dir)
@@ -213,7 +213,7 @@ def evaluate(out_dir: str | Path) -> dict:
     torch.set_num_threads(cfg.platform.threads_per_worker)
     X, Y = load_pairs(out_dir, held_out=True, every_hours=cfg.model.cycle_hours)
     vit = ViTDynamics.from_weights(out_dir / "weights.pt", cfg.model.cycle_hours * 3600, device=cfg.device)
-    sqg = make_dynamics(cfg.model, device=cfg.device)
+    physics = make_dynamics(cfg.model, device=cfg.device)
     noise = cfg.pretrain.eval_noise * torch.randn(X.shape, generator=generator(cfg.seed, 0, "pretrain-eval"))
     report: dict = {"pairs": len(X), "eval_noise": cfg.pretrain.eval_noise, "units": cfg.model.units}
     for start, x0 in (("exact", X), ("noisy", X + noise)):
@@ -221,14 +221,14 @@ def evaluate(out_dir: str | Path) -> dict:
         f_vit = vit.step(x0.to(cfg.device)).cpu()
         t_vit = time.perf_counter() - t
         t = time.perf_counter()
-        f_sqg = sqg.step(x0.to(cfg.device), sqg.steps_per_cycle).cpu()
-        t_sqg = time.perf_counter() - t
+        f_model = physics.step(x0.to(cfg.device), physics.steps_per_cycle).cpu()
+        t_model = time.perf_counter() - t
         report[start] = {
             "rmse_vit": _rmse(f_vit, Y),
             "rmse_persistence": _rmse(x0, Y),
-            "rmse_sqg": _rmse(f_sqg, Y),
+            "rmse_model": _rmse(f_model, Y),
             "ms_per_forecast_vit": 1e3 * t_vit / len(X),
-            "ms_per_forecast_sqg": 1e3 * t_sqg / len(X),
+            "ms_per_forecast_model": 1e3 * t_model / len(X),
         }
     e = report["exact"]
     report["ratio_vit_persistence"] = e["rmse_vit"] / e["rmse_persistence"]
