@@ -25,7 +25,7 @@ from scoreda.dynamics.grid import Grid, model_grid, time_coords
 from scoreda.io import read_variable
 
 ARTEFACTS = ("truth", "obs", "forecast", "analysis")
-PER_CYCLE = ("cycle", "time_hours", "inflation")  # file attributes that differ between cycles
+PER_CYCLE = ("cycle", "time_hours", "inflation", "diagnostics")  # file attributes that differ between cycles
 SCORES = {"rmse": "RMSE of the ensemble mean", "spread": "ensemble spread", "crps": "CRPS"}
 
 
@@ -83,7 +83,8 @@ def open_run(run_dir: str | Path, artefact: str) -> xr.Dataset:
         ds[name] = (("time", *v.dims), data, v.attrs)
     cycles = np.array([int(f.parent.name) for f in files])
     ds = ds.assign_coords(time_coords(cycles, (cycles * cfg.model.cycle_hours).astype(np.float32), ("time",)))
-    ds.attrs = {k: v for k, v in ds.attrs.items() if k not in PER_CYCLE}
+    listed = str(ds.attrs.get("diagnostics", "")).split(",")  # the filter's (``Analysis.diagnostics``)
+    ds.attrs = {k: v for k, v in ds.attrs.items() if k not in PER_CYCLE and k not in listed}
     return ds
 
 

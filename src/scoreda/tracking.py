@@ -14,12 +14,14 @@ _PER_CHANNEL = tuple(f"{name}_" for name in SCORE_NAMES)  # ``<score>_<channel>`
 
 
 def logged(scores: dict) -> dict:
-    """What ``Tracker.log`` sends for one cycle's ``scores``: the cycle, ``SCALARS`` and the
-    per-channel scores."""
+    """What ``Tracker.log`` sends for one cycle's ``scores``: the cycle, ``SCALARS``, the filter's
+    ``diagnostics`` and the per-channel scores."""
     keep = {
         k: v
         for k, v in scores.items()
-        if k in SCALARS or (k.startswith(_PER_CHANNEL) and isinstance(v, float))
+        if k in SCALARS
+        or k in scores.get("diagnostics", ())
+        or (k.startswith(_PER_CHANNEL) and isinstance(v, float))
     }
     return {"cycle": scores["cycle"], **keep}
 

@@ -25,7 +25,7 @@ from scoreda.config import ConfigError
 from scoreda.filters import make_filter
 from scoreda.filters.sharding import check_sharding
 from scoreda.seeding import generator
-from scoreda.stages.common import Run, main, record_time
+from scoreda.stages.common import DIAGNOSTICS, Run, main, record_time
 from scoreda.stages.nature import read_observations
 
 # World size as the common MPI launchers announce it to each process (before MPI is initialised).
@@ -124,7 +124,8 @@ def analysis(run_dir, cycle: int) -> str | None:
             post = filt.analyse(prior.reshape(M, -1), y, op, gen, comm=comm, device=run.cfg.device)
         if comm is None or comm.rank == 0:
             diagnostics = {k: float(v) for k, v in post.diagnostics.items()}
-            run.write(cycle, "analysis", post.ensemble.reshape(prior.shape).cpu(), **diagnostics)
+            names = {DIAGNOSTICS: ",".join(diagnostics)}  # which attributes they are, for evaluate
+            run.write(cycle, "analysis", post.ensemble.reshape(prior.shape).cpu(), **diagnostics, **names)
             record_time(run, cycle, "analysis", t0)
     return str(run.path(cycle, "analysis")) if comm is None or comm.rank == 0 else None
 

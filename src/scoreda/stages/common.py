@@ -158,6 +158,10 @@ class Run:
         return time_coords(cycle, cycle * self.cfg.model.cycle_hours)
 
 
+#: the analysis file's attribute listing the filter's diagnostics (``Analysis.diagnostics``)
+DIAGNOSTICS = "diagnostics"
+
+
 @functools.lru_cache(maxsize=4)
 def _dynamics(model_yaml: str, device: str) -> Dynamics:
     return make_dynamics(OmegaConf.create(model_yaml), device=device)

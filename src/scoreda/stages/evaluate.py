@@ -24,7 +24,15 @@ import numpy as np
 
 from scoreda import metrics, plotting
 from scoreda.io import write_text
-from scoreda.stages.common import Run, check_divergence, dynamics, main, read_timings, write_json
+from scoreda.stages.common import (
+    DIAGNOSTICS,
+    Run,
+    check_divergence,
+    dynamics,
+    main,
+    read_timings,
+    write_json,
+)
 from scoreda.stages.nature import read_observations, shock_std
 
 COLUMNS = ("cycle", "time_hours", *metrics.SCORE_NAMES, "shock_std")
@@ -51,6 +59,15 @@ def headline(run: Run) -> list[int] | None:
     return None if len(sel) in (0, len(info[1])) else sel
 
 
+def diagnostic_names(attrs: dict) -> list[str]:
+    """The filter's diagnostics among an analysis file's attributes (``Analysis.diagnostics``, listed in
+    its ``diagnostics`` attribute; ``inflation`` alone in files written before that list)."""
+    if DIAGNOSTICS in attrs:
+        listed = str(np.asarray(attrs[DIAGNOSTICS]).reshape(-1)[0])
+        return [k for k in listed.split(",") if k]
+    return [k for k in ("inflation",) if k in attrs]
+
+
 def columns(run: Run) -> tuple[str, ...]:
     """Columns of metrics.csv: COLUMNS, then ``<score>_<channel>`` for named channels."""
     info = channels(run)
@@ -74,8 +91,8 @@ def evaluate(run_dir, cycle: int) -> dict:
     truth, fc = run.read(cycle, "truth"), run.read(cycle, "forecast")
     an, an_attrs = run.read_with_attrs(cycle, "analysis")
     out = {"cycle": cycle, "time_hours": cycle * run.cfg.model.cycle_hours, "config_hash": run.hash}
-    if "inflation" in an_attrs:  # the factor the filter multiplied the forecast anomalies by
-        out["inflation"] = float(np.asarray(an_attrs["inflation"]).reshape(-1)[0])
+    names = diagnostic_names(an_attrs)  # the filter's diagnostics, logged and summarised with the scores
+    out |= {k: float(np.asarray(an_attrs[k]).reshape(-1)[0]) for k in names} | {DIAGNOSTICS: names}
     info, sel = channels(run), headline(run)
     if info is not None:
         out |= metrics.channel_scores(fc, an, truth, info[0])
@@ -129,9 +146,10 @@ def report(run_dir, cycles: int | None = None) -> dict:
         "rank_histogram": np.sum([r["rank_histogram"] for r in after], axis=0).tolist(),
         "wall_seconds": _timings(run.dir),
     }
-    if after and all("inflation" in r for r in after):
-        lam = [r["inflation"] for r in after]
-        summary |= {"mean_inflation": float(np.mean(lam)), "max_inflation": float(np.max(lam))}
+    for name in after[-1].get(DIAGNOSTICS, ["inflation"]) if after else ():  # the filter's, e.g. inflation
+        if all(name in r for r in after):
+            values = [r[name] for r in after]
+            summary |= {f"mean_{name}": float(np.mean(values)), f"max_{name}": float(np.max(values))}
     if _square(run):
         summary |= {q: np.mean([r[q] for r in after], axis=0).tolist() for q in SPECTRA}
     if (info := channels(run)) is not None:
