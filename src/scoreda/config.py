@@ -23,6 +23,7 @@ from scoreda.dynamics import registry as dynamics_registry
 from scoreda.dynamics.grid import model_grid
 from scoreda.filters import LAUNCH_KEYS, config_fields, make_filter, registry
 from scoreda.filters.sharding import SHARDS
+from scoreda.observations import ObservationParams
 
 
 class ConfigError(ValueError):
@@ -56,17 +57,6 @@ def model_config(name: str, **keys) -> DictConfig:
     if name not in MODELS:
         raise ConfigError(f"model.name: unknown model {name!r} (expected {', '.join(MODELS)})")
     return _merge(MODELS[name], keys, "model")
-
-
-@dataclass
-class Observation:
-    name: str = "full"
-    kind: str = "identity"  # identity | subsample | stations
-    sigma: float = 1.0
-    every: int = 1
-    n_stations: int = 0
-    transform: str = "linear"  # linear | arctan
-    channels: list[int] | None = None  # observed state channels (levels); None: all
 
 
 def _filter_schema(name: str, cls: type) -> type:
@@ -271,7 +261,7 @@ class Root:
     experiment_name: str = "default"
     arm: str | None = None  # the arm of a multi-arm experiment (configs/arm/, e.g. paper_fig4)
     model: Any = None
-    observation: Observation = field(default_factory=Observation)
+    observation: ObservationParams = field(default_factory=ObservationParams)
     filter: Any = None
     shocks: Shocks = field(default_factory=Shocks)
     forecaster: Forecaster = field(default_factory=Forecaster)
@@ -371,38 +361,10 @@ def _check_values(c: DictConfig) -> None:
     except ValueError as e:
         raise ConfigError(str(e)) from None
     grid = model_grid(m).shape
-    o = c.observation
-    _check(
-        o.kind in ("identity", "subsample", "stations"),
-        "observation.kind",
-        f"expected identity, subsample or stations, got {o.kind!r}",
-    )
-    _check(
-        o.transform in ("linear", "arctan"),
-        "observation.transform",
-        f"expected linear or arctan, got {o.transform!r}",
-    )
-    _check(o.sigma > 0, "observation.sigma", f"must be positive, got {o.sigma}")
-    if o.kind == "subsample":
-        H, W = grid[1], grid[2]
-        _check(
-            o.every >= 1 and H % o.every == 0 and W % o.every == 0,
-            "observation.every",
-            f"{o.every} does not divide the {H}×{W} grid",
-        )
-    if o.kind == "stations":
-        _check(
-            0 < o.n_stations <= grid[1] * grid[2],
-            "observation.n_stations",
-            f"must be in 1..{grid[1] * grid[2]}, got {o.n_stations}",
-        )
-    if o.channels is not None:
-        ch = list(o.channels)
-        _check(
-            len(ch) > 0 and len(set(ch)) == len(ch) and all(0 <= k < grid[0] for k in ch),
-            "observation.channels",
-            f"expected distinct channel indices in 0..{grid[0] - 1} (null: all), got {ch}",
-        )
+    try:  # the observation section checks its own keys, then against the model's grid
+        ObservationParams.from_config(c.observation).check(grid)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     f = c.filter
     _check(f.ranks >= 1, "filter.ranks", f"must be ≥ 1, got {f.ranks}")
     _check(f.shard in SHARDS, "filter.shard", f"expected {' or '.join(SHARDS)}, got {f.shard!r}")

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -24,6 +24,54 @@ TRANSFORMS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "linear": lambda x: x,
     "arctan": torch.atan,
 }
+
+
+LAYOUTS = ("identity", "subsample", "stations")  # where the observations are: observed_indices
+
+
+@dataclass
+class ObservationParams:
+    """``observation=<name>``: the keys, defaults and checks of the observation section (its Hydra
+    schema; configs/observation/*.yaml are presets of it). ``check(state_shape)`` adds the checks
+    that need the model's grid; every error is one line naming the key."""
+
+    name: str = "full"
+    kind: str = "identity"  # identity | subsample | stations
+    sigma: float = 1.0
+    every: int = 1
+    n_stations: int = 0
+    transform: str = "linear"  # linear | arctan
+    channels: list[int] | None = None  # observed state channels (levels); None: all
+
+    def __post_init__(self) -> None:
+        if self.kind not in LAYOUTS:
+            raise ValueError(f"observation.kind: expected {', '.join(LAYOUTS)}, got {self.kind!r}")
+        if self.transform not in TRANSFORMS:
+            raise ValueError(
+                f"observation.transform: expected {' or '.join(TRANSFORMS)}, got {self.transform!r}"
+            )
+        if not self.sigma > 0:
+            raise ValueError(f"observation.sigma: must be positive, got {self.sigma}")
+
+    @classmethod
+    def from_config(cls, obs_cfg) -> ObservationParams:
+        """From a config section or dict; missing keys take their defaults."""
+        return cls(**{f.name: obs_cfg[f.name] for f in fields(cls) if f.name in obs_cfg})
+
+    def indices(self, state_shape: tuple[int, int, int], generator: torch.Generator | None = None):
+        """The observed flat indices on a [C, H, W] state (``observed_indices``)."""
+        return observed_indices(
+            self.kind,
+            state_shape,
+            every=int(self.every),
+            n_stations=int(self.n_stations),
+            generator=generator,
+            channels=None if self.channels is None else list(self.channels),
+        )
+
+    def check(self, state_shape: tuple[int, int, int]) -> None:
+        """The checks against the model's grid (every, n_stations, channels)."""
+        self.indices(state_shape, torch.Generator().manual_seed(0))
 
 
 @runtime_checkable
@@ -159,17 +207,9 @@ def observed_indices(
 def make_observation_operator(
     obs_cfg, state_shape: tuple[int, int, int], generator: torch.Generator | None = None
 ) -> PointObservation:
-    """Build the operator of ``obs_cfg`` (keys kind, sigma, every, n_stations, transform, channels)."""
-    channels = obs_cfg.get("channels")
-    idx = observed_indices(
-        obs_cfg["kind"],
-        state_shape,
-        every=int(obs_cfg.get("every", 1)),
-        n_stations=int(obs_cfg.get("n_stations", 0)),
-        generator=generator,
-        channels=None if channels is None else list(channels),
-    )
+    """Build the operator of ``obs_cfg`` (``ObservationParams``' keys; missing ones take defaults)."""
+    p = ObservationParams.from_config(obs_cfg)
     d = math.prod(state_shape)
     return PointObservation(
-        indices=idx, sigma=float(obs_cfg["sigma"]), d=d, transform=obs_cfg.get("transform", "linear")
+        p.indices(state_shape, generator), sigma=float(p.sigma), d=d, transform=p.transform
     )
