@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from scoreda.config import end_time_seconds, validate
+from scoreda.config import validate
+from scoreda.platform import end_time_seconds
 from scoreda.stages.common import WalltimeStop, walltime_gate
 
 ROOT = Path(__file__).resolve().parents[1]

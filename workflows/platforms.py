@@ -16,7 +16,8 @@ from parsl.executors import HighThroughputExecutor
 from parsl.launchers import SimpleLauncher
 from parsl.providers import LocalProvider, SlurmProvider
 
-from scoreda.config import ConfigError, end_time_seconds, validate
+from scoreda.config import ConfigError, validate
+from scoreda.platform import end_time_seconds
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import difflib
 import math
 from dataclasses import dataclass, field, fields, make_dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any, get_type_hints
 
@@ -24,6 +23,10 @@ from scoreda.dynamics.grid import model_grid
 from scoreda.filters import LAUNCH_KEYS, config_fields, make_filter, registry
 from scoreda.filters.sharding import SHARDS
 from scoreda.observations import ObservationParams
+from scoreda.platform import PlatformParams, ScalingParams
+from scoreda.surrogate.params import ParallelParams, PretrainParams, SurrogateParams
+from scoreda.tracking import LoggerParams
+from scoreda.validation import require
 
 
 class ConfigError(ValueError):
@@ -111,140 +114,37 @@ class Shocks:
     fraction: float = 0.0  # share of cycles shocked (each cycle independently, from the seed)
     std: list[float] = field(default_factory=lambda: [5.0, 4.0, 3.0, 2.0])  # used in turn [units]
 
+    def __post_init__(self) -> None:
+        require(0 <= self.fraction <= 1, "shocks.fraction", f"must be in [0, 1], got {self.fraction}")
+        require(
+            len(self.std) > 0 and all(s > 0 for s in self.std),
+            "shocks.std",
+            f"must be a non-empty list of positive numbers, got {list(self.std)}",
+        )
+
 
 @dataclass
 class Forecaster:
     name: str = "physics"  # physics | vit (the `surrogate` section)
 
-
-@dataclass
-class Surrogate:
-    """The ViT surrogate of DESIGN.md (seed 002, Table II; the authors' public code for the extras):
-    architecture, the optimiser shared by pre-training and online fine-tuning, and the cycle keys."""
-
-    name: str = "vit_tiny"
-    img_size: int = 64  # H = W of the state (model.N for SQG)
-    channels: int = 2  # levels of the state
-    patch: int = 4
-    embed_dim: int = 128
-    depth: int = 4
-    heads: int = 4
-    mlp_ratio: float = 4.0
-    drop_rate: float = 0.0
-    drop_path: float = 0.0
-    head_depth: int = 2  # hidden Linear(D, D) + GELU layers before the output projection
-    level_aggregation: bool = True  # one patch embedding per level, merged by one cross-attention
-    residual: bool = True  # predict x(t+12 h) − x(t)
-    step_hours: float | None = None  # hours of one ViT step (null: model.cycle_hours); a cycle is
-    # cycle_hours / step_hours steps rolled out
-    # optimiser (AdamW, linear warm-up then cosine decay to min_lr)
-    lr: float = 5e-4
-    min_lr: float = 1e-6
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
-    weight_decay: float = 1e-5
-    warmup_steps: int = 50
-    batch_size: int = 8  # global samples per optimiser step (over ranks and accumulation)
-    grad_accum: int = 1  # micro-batches per optimiser step on each rank
-    # the cycle
-    checkpoint: str | None = None  # consolidated weights from workflows/pretrain.py (forecaster=vit)
-    online: bool = False  # fine-tune every cycle on recent analysis pairs
-    lag: int = 0  # 1: forecast(k+1) uses the weights of cycle k−1, so training overlaps it
-    replay: int = 4  # cycles of analysis pairs (analysis(j−1)[i] → analysis(j)[i]) in the window
-    finetune_steps: int = 10  # optimiser steps per cycle
-    finetune_lr: float = 1e-4  # constant learning rate of online fine-tuning
+    def __post_init__(self) -> None:
+        require(
+            self.name in ("physics", "vit"), "forecaster.name", f"expected physics or vit, got {self.name!r}"
+        )
 
 
-@dataclass
-class Pretrain:
-    """Offline pre-training of the surrogate on a nature-run trajectory (workflows/pretrain.py)."""
-
-    out_dir: str = "runs/pretrain/vit_tiny"  # trajectory.h5, weights.pt, report.json
-    trajectories: int = 16  # independent nature runs, made in one batch
-    held_out: int = 2  # of them, kept for evaluation only
-    length: int = 160  # cycles per trajectory: states model.cycle_hours apart (length − 1 pairs each)
-    frame_hours: float | None = 1.0  # hours between stored frames (None: model.cycle_hours)
-    decorrelate_cycles: int = 20  # cycles between branching off the spun-up run and the first state
-    steps: int = 7000  # optimiser steps (sets the learning-rate schedule)
-    # optional guard: stop at a step boundary after this much training (None: train all `steps`); a
-    # stop before `steps` is reported (train.json, report.json). Off by default: results do not
-    # depend on the machine's load.
-    max_minutes: float | None = None
-    roll: bool = True  # augment with random periodic shifts along x (the forcing is x-invariant)
-    eval_noise: float = 1.0  # initial-state error of the noisy-start comparison [model units]
-    rollout_steps: int = 0  # last optimiser steps on one-cycle pairs, loss on the rolled-out forecast
-
-
-@dataclass
-class Parallel:
-    """Data-parallel training strategy (seed 002, Table I) and its knobs."""
-
-    name: str = "ddp"  # zero1 | zero2 | zero3 | ddp | fsdp_full | fsdp_grad_op
-    ranks: int = 1  # training processes (the train stage and pre-training)
-    launcher: str = "torchrun"  # torchrun | mpiexec | srun | deepspeed
-    precision: str = "fp32"  # fp32 | bf16
-    bucket_size: float = 5e8  # ZeRO reduce/allgather bucket (elements); the paper found 5e8 best
-    overlap_comm: bool = True
-    contiguous_gradients: bool = True
-    backend: str = "auto"  # auto: gloo on CPU, nccl on GPU (RCCL on ROCm) | gloo | nccl
-
-
-@dataclass
-class Platform:
-    """Where the stages run (``configs/platform/``): this machine or a Slurm cluster (any, or Frontier)."""
-
-    name: str = "local"  # local | slurm | frontier
-    workers: int = 2  # Parsl workers (stages that may run at the same time)
-    threads_per_worker: int = 1  # torch threads in each stage
-    retries: int = 0  # Parsl re-runs of a failed stage (a walltime stop is never retried)
-    lost_after_s: float = 120.0  # tasks waiting this long with no worker pool connected: lost, an error
-    address: str | None = "127.0.0.1"  # where workers reach the interchange; None: this host's name
-    mpi_launcher: str = "mpiexec"  # MPI stages: `mpiexec` command prefix (local) or `srun`
-    # Slurm (platform slurm/frontier); every site-specific value comes from here or an override.
-    provider: str = "auto"  # auto | allocation (inside sbatch/salloc) | submit (SlurmProvider blocks)
-    ranks_per_node: int = 1  # MPI ranks a node (Frontier: 8, one per GCD); nodes = ceil(ranks / this)
-    cpus_per_task: int = 1  # cores per MPI rank
-    srun_options: str = ""  # extra srun flags of every MPI stage (GPU binding, --mpi=...)
-    nodes: int = 1  # nodes of a submitted block (provider=submit)
-    account: str | None = None
-    partition: str | None = None
-    qos: str | None = None
-    walltime: str = "01:00:00"  # of a submitted block
-    scheduler_options: str = ""  # extra `#SBATCH` lines of a submitted block
-    env_script: str | None = None  # sourced by a submitted block's workers (repo-relative or absolute)
-    python: str | None = None  # how job steps start Python (container: `apptainer exec ... python3`)
-    end_time: str | None = None  # allocation end (unix seconds, ISO time, or auto = ask squeue)
-    stop_margin_s: float = 60.0  # a cycle starts only if its estimate + this fits before end_time
-    min_cycle_s: float = 0.0  # floor of a cycle's estimate (before one is measured in this run)
-
-
-@dataclass
-class Scaling:
-    """One point of a scaling study (``workflows/scaling.py``, ``experiment=scaling_ensf|scaling_vit``)."""
-
-    study: str = "analysis"  # analysis: a filter's weak scaling, state per rank fixed | training: ViT
-    filter: str = "ensf"  # analysis: the filter timed (a name of filter=)
-    ranks: int = 1  # MPI ranks / training processes (devices); nodes = ceil(ranks / ranks_per_node)
-    per_rank: int = 100_000  # analysis: state dimension per rank (dimension = per_rank × ranks)
-    n_steps: int = 100  # analysis: pseudo-time steps of one analysis (score filters)
-    repeats: int = 3  # analysis: timed analyses (median)
-    batch_per_rank: int = 4  # training: samples per rank and step (global batch = this × ranks)
-    steps: int = 5  # training: timed optimiser steps (median), after `warmup`
-    warmup: int = 2
-    gpu: bool = False  # training: bf16 + flash attention on the node's GPUs
-    submit: str = "local"  # local: measure now | sbatch: one job per point (--dry-run prints it)
-    dry_run: bool = False
-    time: str = "00:30:00"  # sbatch: time limit of a job
-    collect: bool = False  # gather OUT/points/*.json into OUT/scaling.{json,md} and plots
-    out_dir: str = "runs/scaling/default"
-
-
-@dataclass
-class Logger:
-    name: str = "none"  # none | wandb
-    project: str = "scoreda"
-    entity: str | None = None
-    mode: str = "offline"
-    group: str | None = None
+#: the sections that check their own keys (``__post_init__``), in the order ``validate`` checks them
+SECTIONS = {
+    "observation": ObservationParams,
+    "shocks": Shocks,
+    "forecaster": Forecaster,
+    "surrogate": SurrogateParams,
+    "parallel": ParallelParams,
+    "pretrain": PretrainParams,
+    "platform": PlatformParams,
+    "scaling": ScalingParams,
+    "logger": LoggerParams,
+}
 
 
 @dataclass
@@ -265,12 +165,12 @@ class Root:
     filter: Any = None
     shocks: Shocks = field(default_factory=Shocks)
     forecaster: Forecaster = field(default_factory=Forecaster)
-    surrogate: Surrogate = field(default_factory=Surrogate)
-    parallel: Parallel = field(default_factory=Parallel)
-    pretrain: Pretrain = field(default_factory=Pretrain)
-    platform: Platform = field(default_factory=Platform)
-    logger: Logger = field(default_factory=Logger)
-    scaling: Scaling = field(default_factory=Scaling)
+    surrogate: SurrogateParams = field(default_factory=SurrogateParams)
+    parallel: ParallelParams = field(default_factory=ParallelParams)
+    pretrain: PretrainParams = field(default_factory=PretrainParams)
+    platform: PlatformParams = field(default_factory=PlatformParams)
+    logger: LoggerParams = field(default_factory=LoggerParams)
+    scaling: ScalingParams = field(default_factory=ScalingParams)
 
 
 def _merge(schema, section, key: str) -> DictConfig:
@@ -333,7 +233,19 @@ def validate(cfg: DictConfig | dict) -> DictConfig:
     return out
 
 
+def _own(build, *args, **kwargs) -> Any:
+    """``build(*args, **kwargs)``, a section or component checking its own keys; its ValueError (one
+    line naming the key) becomes a ``ConfigError``."""
+    try:
+        return build(*args, **kwargs)
+    except ConfigError:
+        raise
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
 def _check_values(c: DictConfig) -> None:
+    """Each section's own checks (the component's dataclass), then the rules across sections."""
     _check(c.members >= 2, "members", f"must be ≥ 2, got {c.members}")
     _check(c.cycles >= 1, "cycles", f"must be ≥ 1, got {c.cycles}")
     _check(c.burn_in >= 0, "burn_in", f"must be ≥ 0, got {c.burn_in}")  # ≥ cycles: a short run
@@ -356,15 +268,10 @@ def _check_values(c: DictConfig) -> None:
         "model.member_spacing_cycles",
         f"must be ≥ 1, got {m.member_spacing_cycles}",
     )
-    try:
-        params = model_params(m)  # the model checks its own keys
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-    grid = model_grid(m).shape
-    try:  # the observation section checks its own keys, then against the model's grid
-        ObservationParams.from_config(c.observation).check(grid)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
+    params = _own(model_params, m)
+    grid = model_grid(m)
+    sec = {k: _own(cls, **OmegaConf.to_container(c[k])) for k, cls in SECTIONS.items()}
+    _own(sec["observation"].check, grid.shape)
     f = c.filter
     _check(f.ranks >= 1, "filter.ranks", f"must be ≥ 1, got {f.ranks}")
     _check(f.shard in SHARDS, "filter.shard", f"expected {' or '.join(SHARDS)}, got {f.shard!r}")
@@ -373,10 +280,7 @@ def _check_values(c: DictConfig) -> None:
         "filter.ranks",
         f"{f.ranks} ranks for {c.members} members: each rank needs at least one member",
     )
-    try:
-        shards = make_filter(f, model_grid(m)).capabilities.shards  # the filter checks its own keys
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
+    shards = _own(make_filter, f, grid).capabilities.shards
     _check(
         f.ranks == 1 or f.shard in shards,
         "filter.shard" if shards else "filter.ranks",
@@ -384,46 +288,16 @@ def _check_values(c: DictConfig) -> None:
         if shards
         else f"filter={f.name} runs on one rank only, got {f.ranks}",
     )
-    _check(0 <= c.shocks.fraction <= 1, "shocks.fraction", f"must be in [0, 1], got {c.shocks.fraction}")
+    pt, s, par = c.pretrain, c.surrogate, c.parallel
     _check(
-        len(c.shocks.std) > 0 and all(s > 0 for s in c.shocks.std),
-        "shocks.std",
-        f"must be a non-empty list of positive numbers, got {list(c.shocks.std)}",
+        s.batch_size % (par.ranks * s.grad_accum) == 0,
+        "surrogate.batch_size",
+        f"{s.batch_size} is not a multiple of parallel.ranks × surrogate.grad_accum"
+        f" = {par.ranks * s.grad_accum}",
     )
-    _check(
-        c.forecaster.name in ("physics", "vit"),
-        "forecaster.name",
-        f"expected physics or vit, got {c.forecaster.name!r}",
-    )
-    check_surrogate(c.surrogate, c.parallel)
-    pt = c.pretrain
-    for key in ("trajectories", "length"):
-        _check(pt[key] >= 2, f"pretrain.{key}", f"must be ≥ 2, got {pt[key]}")
-    _check(pt.steps >= 1, "pretrain.steps", f"must be ≥ 1, got {pt.steps}")
-    _check(
-        0 <= pt.rollout_steps <= pt.steps,
-        "pretrain.rollout_steps",
-        f"must be in [0, pretrain.steps={pt.steps}], got {pt.rollout_steps}",
-    )
-    _check(
-        1 <= pt.held_out < pt.trajectories,
-        "pretrain.held_out",
-        f"must be in [1, pretrain.trajectories={pt.trajectories}), got {pt.held_out}",
-    )
-    _check(
-        pt.decorrelate_cycles >= 0,
-        "pretrain.decorrelate_cycles",
-        f"must be ≥ 0, got {pt.decorrelate_cycles}",
-    )
-    _check(
-        pt.max_minutes is None or pt.max_minutes > 0,
-        "pretrain.max_minutes",
-        f"must be positive or null, got {pt.max_minutes}",
-    )
-    _check(pt.eval_noise >= 0, "pretrain.eval_noise", f"must be ≥ 0, got {pt.eval_noise}")
-    _check_divides(c.surrogate.step_hours, m.cycle_hours, "surrogate.step_hours", "model.cycle_hours")
+    _check_divides(s.step_hours, m.cycle_hours, "surrogate.step_hours", "model.cycle_hours")
     _check_divides(pt.frame_hours, m.cycle_hours, "pretrain.frame_hours", "model.cycle_hours")
-    step, frame = c.surrogate.step_hours or m.cycle_hours, pt.frame_hours or m.cycle_hours
+    step, frame = s.step_hours or m.cycle_hours, pt.frame_hours or m.cycle_hours
     _check_divides(frame, step, "pretrain.frame_hours", "surrogate.step_hours")
     n = params.steps_in(pt.frame_hours) if pt.frame_hours is not None else None
     _check(
@@ -432,12 +306,11 @@ def _check_values(c: DictConfig) -> None:
         f"{pt.frame_hours} h is not a whole number of model steps",
     )
     if c.forecaster.name == "vit":
-        s = c.surrogate
         _check(
-            (s.channels, s.img_size, s.img_size) == tuple(grid),
+            (s.channels, s.img_size, s.img_size) == tuple(grid.shape),
             "surrogate.img_size",
             f"the surrogate maps {s.channels}×{s.img_size}² states,"
-            f" the model's are {'×'.join(map(str, grid))}",
+            f" the model's are {'×'.join(map(str, grid.shape))}",
         )
         _check(
             s.checkpoint is not None,
@@ -449,57 +322,6 @@ def _check_values(c: DictConfig) -> None:
             "surrogate.checkpoint",
             f"no such file {s.checkpoint!r} (python workflows/pretrain.py writes it)",
         )
-    p = c.platform
-    _check(
-        p.name in ("local", "slurm", "frontier"),
-        "platform.name",
-        f"unknown platform {p.name!r} (expected local, slurm or frontier)",
-    )
-    _check(
-        p.provider in ("auto", "allocation", "submit"),
-        "platform.provider",
-        f"expected auto, allocation or submit, got {p.provider!r}",
-    )
-    _check(
-        p.name != "local" or p.mpi_launcher != "srun",
-        "platform.mpi_launcher",
-        "srun needs a Slurm platform (platform=slurm or platform=frontier)",
-    )
-    for key in ("ranks_per_node", "cpus_per_task", "nodes"):
-        _check(getattr(p, key) >= 1, f"platform.{key}", f"must be ≥ 1, got {getattr(p, key)}")
-    _check(p.stop_margin_s >= 0, "platform.stop_margin_s", f"must be ≥ 0, got {p.stop_margin_s}")
-    _check(p.min_cycle_s >= 0, "platform.min_cycle_s", f"must be ≥ 0, got {p.min_cycle_s}")
-    if p.end_time not in (None, "auto"):
-        _check(
-            end_time_seconds(p.end_time) is not None,
-            "platform.end_time",
-            f"expected unix seconds, an ISO time or auto, got {p.end_time!r}",
-        )
-    _check(p.workers >= 1, "platform.workers", f"must be ≥ 1, got {p.workers}")
-    _check(
-        p.threads_per_worker >= 1, "platform.threads_per_worker", f"must be ≥ 1, got {p.threads_per_worker}"
-    )
-    _check(p.retries >= 0, "platform.retries", f"must be ≥ 0, got {p.retries}")
-    _check(p.lost_after_s > 0, "platform.lost_after_s", f"must be positive, got {p.lost_after_s}")
-    sc = c.scaling
-    _check(
-        sc.study in ("analysis", "training"),
-        "scaling.study",
-        f"expected analysis or training, got {sc.study!r}",
-    )
-    timed = [f for f in FILTERS if f != "none"]
-    _check(sc.filter in timed, "scaling.filter", f"expected one of {', '.join(timed)}, got {sc.filter!r}")
-    _check(sc.submit in ("local", "sbatch"), "scaling.submit", f"expected local or sbatch, got {sc.submit!r}")
-    for key in ("ranks", "per_rank", "n_steps", "repeats", "batch_per_rank", "steps"):
-        _check(getattr(sc, key) >= 1, f"scaling.{key}", f"must be ≥ 1, got {getattr(sc, key)}")
-    _check(
-        c.logger.name in ("none", "wandb"), "logger.name", f"expected none or wandb, got {c.logger.name!r}"
-    )
-    _check(
-        c.logger.mode in ("offline", "online", "disabled"),
-        "logger.mode",
-        f"expected offline, online or disabled, got {c.logger.mode!r}",
-    )
 
 
 def _check_divides(part: float | None, whole: float, key: str, whole_key: str) -> None:
@@ -512,70 +334,6 @@ def _check_divides(part: float | None, whole: float, key: str, whole_key: str) -
         key,
         f"{part} h must divide {whole_key}={whole} h into a whole number of steps",
     )
-
-
-def check_surrogate(s: DictConfig, par: DictConfig) -> None:
-    """Values of the ``surrogate`` and ``parallel`` sections (also used by workflows/pretrain.py)."""
-    for key in ("img_size", "channels", "patch", "embed_dim", "depth", "heads", "batch_size", "grad_accum"):
-        _check(s[key] >= 1, f"surrogate.{key}", f"must be ≥ 1, got {s[key]}")
-    _check(
-        s.img_size % s.patch == 0,
-        "surrogate.patch",
-        f"{s.patch} does not divide surrogate.img_size={s.img_size}",
-    )
-    _check(
-        s.embed_dim % s.heads == 0,
-        "surrogate.heads",
-        f"{s.heads} does not divide surrogate.embed_dim={s.embed_dim}",
-    )
-    _check(s.mlp_ratio > 0, "surrogate.mlp_ratio", f"must be positive, got {s.mlp_ratio}")
-    _check(s.head_depth >= 0, "surrogate.head_depth", f"must be ≥ 0, got {s.head_depth}")
-    for key in ("drop_rate", "drop_path"):
-        _check(0 <= s[key] < 1, f"surrogate.{key}", f"must be in [0, 1), got {s[key]}")
-    for key in ("lr", "finetune_lr"):
-        _check(s[key] > 0, f"surrogate.{key}", f"must be positive, got {s[key]}")
-    _check(0 <= s.min_lr <= s.lr, "surrogate.min_lr", f"must be in [0, surrogate.lr], got {s.min_lr}")
-    _check(
-        len(s.betas) == 2 and all(0 <= b < 1 for b in s.betas),
-        "surrogate.betas",
-        f"expected two numbers in [0, 1), got {list(s.betas)}",
-    )
-    _check(s.weight_decay >= 0, "surrogate.weight_decay", f"must be ≥ 0, got {s.weight_decay}")
-    _check(s.warmup_steps >= 0, "surrogate.warmup_steps", f"must be ≥ 0, got {s.warmup_steps}")
-    _check(s.lag in (0, 1), "surrogate.lag", f"expected 0 or 1, got {s.lag}")
-    _check(s.replay >= 1, "surrogate.replay", f"must be ≥ 1, got {s.replay}")
-    _check(s.finetune_steps >= 1, "surrogate.finetune_steps", f"must be ≥ 1, got {s.finetune_steps}")
-    _check(
-        par.name in PARALLEL,
-        "parallel.name",
-        f"unknown strategy {par.name!r} (expected {', '.join(PARALLEL)})",
-    )
-    _check(par.ranks >= 1, "parallel.ranks", f"must be ≥ 1, got {par.ranks}")
-    _check(
-        s.batch_size % (par.ranks * s.grad_accum) == 0,
-        "surrogate.batch_size",
-        f"{s.batch_size} is not a multiple of parallel.ranks × surrogate.grad_accum"
-        f" = {par.ranks * s.grad_accum}",
-    )
-    _check(
-        par.launcher in ("torchrun", "mpiexec", "srun", "deepspeed"),
-        "parallel.launcher",
-        f"expected torchrun, mpiexec, srun or deepspeed, got {par.launcher!r}",
-    )
-    _check(
-        par.precision in ("fp32", "bf16"),
-        "parallel.precision",
-        f"expected fp32 or bf16, got {par.precision!r}",
-    )
-    _check(par.bucket_size >= 1, "parallel.bucket_size", f"must be ≥ 1, got {par.bucket_size}")
-    _check(
-        par.backend in ("auto", "gloo", "nccl"),
-        "parallel.backend",
-        f"expected auto, gloo or nccl, got {par.backend!r}",
-    )
-
-
-PARALLEL = ("zero1", "zero2", "zero3", "ddp", "fsdp_full", "fsdp_grad_op")
 
 
 def science_keys(cfg: DictConfig) -> dict:
@@ -601,18 +359,3 @@ def science_keys(cfg: DictConfig) -> dict:
         keys += ["surrogate", "parallel"]
         c["parallel"] = {k: v for k, v in c["parallel"].items() if k not in ("ranks", "launcher", "backend")}
     return {k: c[k] for k in keys}
-
-
-def end_time_seconds(value: str | float | int | None) -> float | None:
-    """Unix seconds of ``platform.end_time``: a number, or an ISO time (naive = local time, as squeue
-    prints it); None for None, ``auto``, ``NONE``/``Unknown`` (no limit) or anything unreadable."""
-    if value is None:
-        return None
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        pass
-    try:
-        return datetime.fromisoformat(str(value).strip()).timestamp()
-    except ValueError:
-        return None

@@ -3,11 +3,33 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 from scoreda.metrics import SCORE_NAMES
+from scoreda.validation import require
+
+
+@dataclass
+class LoggerParams:
+    """The ``logger`` section: where per-cycle scores go (``none`` or Weights & Biases)."""
+
+    name: str = "none"  # none | wandb
+    project: str = "scoreda"
+    entity: str | None = None
+    mode: str = "offline"  # offline | online | disabled
+    group: str | None = None
+
+    def __post_init__(self) -> None:
+        require(self.name in ("none", "wandb"), "logger.name", f"expected none or wandb, got {self.name!r}")
+        require(
+            self.mode in ("offline", "online", "disabled"),
+            "logger.mode",
+            f"expected offline, online or disabled, got {self.mode!r}",
+        )
+
 
 SCALARS = ("time_hours", *SCORE_NAMES, "inflation")
 _PER_CHANNEL = tuple(f"{name}_" for name in SCORE_NAMES)  # ``<score>_<channel>`` (QG's q1, u1, ...)
