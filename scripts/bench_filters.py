@@ -40,12 +40,12 @@ from pathlib import Path
 
 import torch
 
-from scoreda.config import model_config
 from scoreda.dynamics.grid import model_grid
 from scoreda.filters.ensf import EnSF
 from scoreda.filters.reference import ensf_member_loop
 from scoreda.io import write_text
 from scoreda.observations import PointObservation
+from scoreda.registry import model_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZES = {"l96-40": 40, "l96-1e4": 10**4, "l96-1e5": 10**5, "l96-1e6": 10**6}

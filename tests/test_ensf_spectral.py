@@ -110,9 +110,9 @@ def test_what_spectral_cannot_do_is_a_clear_error():
 def test_from_config_takes_the_grid_of_the_model():
     from omegaconf import OmegaConf
 
-    from scoreda.config import model_config
     from scoreda.dynamics.grid import model_grid
     from scoreda.filters import make_filter
+    from scoreda.registry import model_config
 
     cfg = OmegaConf.create({"name": "ensf", "standardise": "spectral", "unobserved": "none", "n_steps": 20})
     sqg = make_filter(cfg, model_grid(model_config("sqg", N=16, L=20.0e6)))

@@ -8,10 +8,11 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from scoreda.config import FILTERS, validate
+from scoreda.config import validate
 from scoreda.dynamics.grid import model_grid
 from scoreda.filters import LAUNCH_KEYS, Analysis, Capabilities, config_fields, make_filter, registry
 from scoreda.observations import PointObservation
+from scoreda.registry import FILTERS
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

@@ -10,13 +10,13 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from scoreda.config import model_config
 from scoreda.dynamics.grid import model_grid
 from scoreda.dynamics.lorenz96 import Lorenz96
 from scoreda.filters import make_filter
 from scoreda.filters.letkf import LETKF, gaspari_cohn
 from scoreda.filters.reference import analyse_point_loop
 from scoreda.observations import PointObservation, observed_indices
+from scoreda.registry import model_config
 
 
 def gc_reference(z: np.ndarray, c: float) -> np.ndarray:

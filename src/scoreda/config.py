@@ -1,110 +1,31 @@
-"""Structured configs (dataclasses) and the validation that runs before any work starts.
+"""The whole config: its root keys, its sections, and the validation that runs before any work starts.
 
 Hydra composes YAML from ``configs/``; ``validate(cfg)`` merges each section onto its dataclass
-schema (types, unknown keys) and checks the values, raising ``ConfigError`` — one line naming the
-key — on the first problem.
+schema (types, unknown keys), lets each component and section check its own keys (the model's and
+the filter's classes via ``scoreda.registry``, the other sections' dataclasses in ``SECTIONS``),
+then checks the rules across sections here, raising ``ConfigError`` — one line naming the key — on
+the first problem. ``science_keys`` is the part of a config that a run's numbers depend on.
 """
 
 from __future__ import annotations
 
-import difflib
 import math
-from dataclasses import dataclass, field, fields, make_dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any
 
-from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
 from scoreda.dynamics import model_params, model_science
-from scoreda.dynamics import registry as dynamics_registry
 from scoreda.dynamics.grid import model_grid
-from scoreda.filters import LAUNCH_KEYS, config_fields, make_filter, registry
+from scoreda.filters import make_filter
 from scoreda.filters.sharding import SHARDS
 from scoreda.observations import ObservationParams
 from scoreda.platform import PlatformParams, ScalingParams
+from scoreda.registry import FILTERS, LEGACY_FILTER_KEYS, MODELS
 from scoreda.surrogate.params import ParallelParams, PretrainParams, SurrogateParams
 from scoreda.tracking import LoggerParams
-from scoreda.validation import require
-
-
-class ConfigError(ValueError):
-    """A bad configuration value; ``str(err)`` is ``"<key>: <what is wrong>"``."""
-
-
-@dataclass
-class ModelCommon:
-    name: str = "?"  # set per model by _model_schema
-    cycle_hours: float = 12.0  # model hours between observation times (one DA cycle)
-    spinup_cycles: int = 200  # free cycles before the nature run and the climatology start
-    member_spacing_cycles: int = 10  # initial members: states this far apart on one long run
-    units: str = "K"
-
-
-def _model_schema(name: str, params: type) -> type:
-    """Schema of ``model=<name>``: the common keys plus the model's own parameter dataclass
-    (defaults stay in one place, the dynamics module)."""
-    hints = get_type_hints(ModelCommon) | get_type_hints(params)
-    defaults = {f.name: f.default for f in fields(ModelCommon)} | {f.name: f.default for f in fields(params)}
-    defaults["name"] = name
-    spec = [(k, hints[k], field(default=v)) for k, v in defaults.items()]
-    return make_dataclass(f"{params.__name__}Config", spec)
-
-
-MODELS = {name: _model_schema(name, params) for name, (params, _) in dynamics_registry().items()}
-
-
-def model_config(name: str, **keys) -> DictConfig:
-    """The ``model=<name>`` section with its defaults and ``keys`` set (typed, like ``validate``'s)."""
-    if name not in MODELS:
-        raise ConfigError(f"model.name: unknown model {name!r} (expected {', '.join(MODELS)})")
-    return _merge(MODELS[name], keys, "model")
-
-
-def _filter_schema(name: str, cls: type) -> type:
-    """Schema of ``filter=<name>``: the launch keys (name, ranks, shard), then the filter class's own
-    config fields with their defaults (``filters.config_fields``; the class is the one place)."""
-    spec = [
-        ("name", str, field(default=name)),
-        ("ranks", int, field(default=1)),
-        ("shard", str, field(default="members")),
-    ]
-    for f in config_fields(cls):
-        if f.name not in LAUNCH_KEYS:
-            spec.append(
-                (f.name, eval(f.type, {}) if isinstance(f.type, str) else f.type, field(default=f.default))
-            )
-    return make_dataclass(f"{cls.__name__}Config", spec)
-
-
-#: ``filter=<name>`` -> its schema, also registered with Hydra as ``filter/<name>_schema`` (the
-#: ``defaults`` of ``configs/filter/<name>.yaml``)
-FILTERS = {name: _filter_schema(name, cls) for name, cls in registry().items()}
-for _name, _schema in FILTERS.items():
-    ConfigStore.instance().store(group="schema/filter", name=_name, node=_schema)
-
-#: keys (and defaults) of the one filter schema before issue 17; a section written then holds them
-#: all, whatever its filter; ``validate`` drops those its filter lacks, ``science_keys`` fills them in
-#: so that every run keeps its hash
-LEGACY_FILTER_KEYS = {
-    "rtps": 0.0,
-    "inflation": 1.0,
-    "adaptive_inflation": False,
-    "n_steps": 100,
-    "prior_score": "paired",
-    "eps_alpha": 0.05,
-    "eps_beta": 0.5,
-    "t_end": 0.0,
-    "implicit": True,
-    "unobserved": "regress",
-    "rtps_unobserved": 0.5,
-    "standardise": "point",
-    "cap_spread": False,
-    "cutoff": 2000.0,
-    "cross_level": 1.0,
-    "rtpp": 0.0,
-}
+from scoreda.validation import ConfigError, merge_schema, require
 
 
 @dataclass
@@ -173,32 +94,6 @@ class Root:
     scaling: ScalingParams = field(default_factory=ScalingParams)
 
 
-def _merge(schema, section, key: str) -> DictConfig:
-    try:
-        return OmegaConf.merge(OmegaConf.structured(schema), section)
-    except OmegaConfBaseException as e:
-        full = ".".join(k for k in (key, getattr(e, "full_key", None)) if k)
-        msg = str(e).splitlines()[0]
-        if "not in struct" in msg or "Key '" in msg and "not" in msg:
-            msg = "not a valid key" + _did_you_mean(schema, key, full)
-        raise ConfigError(f"{full}: {msg}") from None
-
-
-def _did_you_mean(schema: type, section: str, full_key: str) -> str:
-    """``"; did you mean filter.n_steps?"`` for a misspelled key of the dataclass ``schema`` (the
-    section ``section`` of the config: "" for the root, "model"), else ``""``."""
-    parent, _, leaf = full_key.rpartition(".")
-    node = schema
-    for part in parent.removeprefix(section).strip(".").split("."):
-        if part:
-            node = get_type_hints(node).get(part) if hasattr(node, "__dataclass_fields__") else None
-    if not hasattr(node, "__dataclass_fields__"):
-        return ""
-    close = difflib.get_close_matches(leaf, [f.name for f in fields(node)], n=3, cutoff=0.6)
-    prefix = f"{parent}." if parent else ""
-    return f"; did you mean {' or '.join(prefix + c for c in close)}?" if close else ""
-
-
 def _check(ok: bool, key: str, msg: str) -> None:
     if not ok:
         raise ConfigError(f"{key}: {msg}")
@@ -215,7 +110,7 @@ def validate(cfg: DictConfig | dict) -> DictConfig:
         f"missing (choose model={'|'.join(MODELS)})",
     )
     _check(model.name in MODELS, "model.name", f"unknown model {model.name!r} (expected {', '.join(MODELS)})")
-    typed_model = _merge(MODELS[model.name], model, "model")
+    typed_model = merge_schema(MODELS[model.name], model, "model")
     flt = cfg.get("filter")
     _check(
         isinstance(flt, DictConfig) and "name" in flt,
@@ -225,9 +120,9 @@ def validate(cfg: DictConfig | dict) -> DictConfig:
     _check(flt.name in FILTERS, "filter.name", f"unknown filter {flt.name!r} (expected {', '.join(FILTERS)})")
     keys = {f.name for f in fields(FILTERS[flt.name])}
     flt = OmegaConf.masked_copy(flt, [k for k in flt if k in keys or k not in LEGACY_FILTER_KEYS])
-    typed_filter = _merge(FILTERS[flt.name], flt, "filter")
+    typed_filter = merge_schema(FILTERS[flt.name], flt, "filter")
     rest = OmegaConf.masked_copy(cfg, [k for k in cfg if k not in ("model", "filter")])
-    out = _merge(Root, rest, "")
+    out = merge_schema(Root, rest, "")
     out.model, out.filter = typed_model, typed_filter
     _check_values(out)
     return out
