@@ -78,9 +78,9 @@ def loop_check(prior_score: str, transform: str = "linear") -> float:
 
 
 def ensf_bytes_per_step(members: int, d: int, prior_score: str = "paired") -> int:
-    """Bytes one pseudo-time step of ``EnSF._integrate`` (linear h) moves, from its torch ops; N = M·d,
-    float32 z, x (float64 for mixture); each op reads its [M, d] inputs and writes its output once
-    ([d]-sized rows and the index vector are not counted):
+    """Bytes one pseudo-time step of ``filters.ensf.integrator.integrate`` (linear h) moves, from its
+    torch ops; N = M·d, float32 z, x (float64 for mixture); each op reads its [M, d] inputs and writes
+    its output once ([d]-sized rows and the index vector are not counted):
       noise ξ (counter_normal): int64 bits = row + col (8N); mix64: 2 rounds of shift, mask, xor,
         multiply (2·72N) + one without multiply (56N); uniforms → Box–Muller: 2×(shift, mask) and
         +1 on int64 (80N), 2 casts int64→f32 (24N), 6 f32 in-place ops and a product (60N):  372N
@@ -112,7 +112,7 @@ def bench_ensf(spec: dict, mpi) -> dict:
     shard = spec["shard"] if spec["ranks"] > 1 else "members"
     filt = EnSF(
         n_steps=spec["n_steps"],
-        prior_score=spec["prior_score"],
+        prior_score=spec.get("prior_score", "paired"),
         shard=shard,
         adaptive_inflation=False,
         unobserved="none",

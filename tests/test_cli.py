@@ -237,7 +237,7 @@ def test_write_config_refuses_another_experiment(tmp_path):
 
 
 def test_shocks_hit_a_share_of_cycles_with_the_stds_in_turn(tmp_path):
-    from scoreda.stages.nature import shock_std
+    from scoreda.shocks import shock_std
 
     cfg = _config(tmp_path, "shocks.fraction=0.5", "shocks.std=[5,4,3,2]")
     stds = [shock_std(cfg, k) for k in range(1, 301)]
@@ -248,8 +248,9 @@ def test_shocks_hit_a_share_of_cycles_with_the_stds_in_turn(tmp_path):
 
 
 def test_nature_stage_adds_the_shock_to_the_truth(tmp_path):
+    from scoreda.shocks import shock_std
     from scoreda.stages.common import Run, dynamics
-    from scoreda.stages.nature import nature, shock_std
+    from scoreda.stages.nature import nature
 
     run_dir = tmp_path / "run"
     cfg = _config(run_dir, "shocks.fraction=1.0", "shocks.std=[3.0]")

@@ -6,8 +6,9 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from scoreda.config import ConfigError, science_keys, validate
+from scoreda.config import ConfigError, validate
 from scoreda.io import config_hash
+from scoreda.science import science_keys
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 from scipy import stats
 
-from scoreda.filters import inflate, relax_spread
 from scoreda.filters.ensf import EnSF
+from scoreda.filters.processing import inflate, relax_spread
 from scoreda.filters.sharding import block, check_sharding
 from scoreda.observations import make_observation_operator
 from scoreda.seeding import _GAMMA, counter_bits, counter_normal, mix64_int, stream_seed
@@ -256,7 +256,7 @@ def test_observation_operator_restricted_to_a_state_slice(kind, transform):
 
 
 def test_innovation_inflation_recovers_a_missing_error_variance():
-    from scoreda.filters import innovation_inflation
+    from scoreda.filters.processing import innovation_inflation
     from scoreda.observations import PointObservation
 
     g = torch.Generator().manual_seed(3)
@@ -275,7 +275,7 @@ def test_innovation_inflation_recovers_a_missing_error_variance():
 def test_adaptive_inflation_reaches_only_the_observed_components():
     """λ from the innovations multiplies the observed anomalies; unobserved ones stay; with every
     component observed it is the plain inflation (the same bits)."""
-    from scoreda.filters import inflate_prior, innovation_inflation
+    from scoreda.filters.processing import inflate_prior, innovation_inflation
 
     g = torch.Generator().manual_seed(5)
     prior = torch.randn(20, 64, generator=g)

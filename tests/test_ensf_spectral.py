@@ -6,8 +6,8 @@ import pytest
 import torch
 from test_ensf import rms, smooth_ensemble
 
-from scoreda.filters import cap_spread
 from scoreda.filters.ensf import EnSF
+from scoreda.filters.processing import cap_spread
 from scoreda.observations import make_observation_operator
 
 GRID = (2, 16, 16)

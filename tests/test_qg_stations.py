@@ -22,11 +22,12 @@ pytest.importorskip("pyqg")
 from conftest import CYCLE  # noqa: E402
 
 from scoreda import metrics  # noqa: E402
-from scoreda.config import ConfigError, science_keys, validate  # noqa: E402
+from scoreda.config import ConfigError, validate  # noqa: E402
 from scoreda.dynamics.grid import model_grid  # noqa: E402
 from scoreda.dynamics.qg2l import TwoLayerQG  # noqa: E402
 from scoreda.observations import make_observation_operator, observed_indices  # noqa: E402
 from scoreda.registry import model_config  # noqa: E402
+from scoreda.science import science_keys  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 NX = 32

@@ -1,6 +1,6 @@
 """The cycled OSSE as a Parsl DAG, configured by Hydra.
 
-    python workflows/cycle.py experiment=quickstart cycles=10 run_dir=/tmp/r1 filter=ensf
+    python workflows/cycle.py experiment=quickstart cycles=10 run_dir=/tmp/r1
 
 Cycle k: nature(k) (truth + observations, runs ahead), forecast(k) after analysis(k−1),
 analysis(k) after forecast(k) and nature(k), evaluate(k) after analysis(k). With

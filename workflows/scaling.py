@@ -1,13 +1,15 @@
 """Scaling studies as Hydra multiruns (seed 002, Figs. 7 and 8): one job per sweep point.
 
-    python workflows/scaling.py -m experiment=scaling_ensf                 # measure here, 1 and 2 ranks
-    python workflows/scaling.py -m experiment=scaling_vit                  # preset × strategy × ranks
-    python workflows/scaling.py -m experiment=scaling_ensf platform=frontier scaling.submit=sbatch \\
+    python workflows/scaling.py -m experiment=<study>                      # measure here, 1 and 2 ranks
+    python workflows/scaling.py -m experiment=<study> platform=frontier scaling.submit=sbatch \\
         scaling.ranks=8,64,512 --dry-run                                   # print one sbatch job each
-    python workflows/scaling.py experiment=scaling_ensf scaling.collect=true   # table + plots
+    python workflows/scaling.py experiment=<study> scaling.collect=true    # table + plots
+
+with <study> one of ``configs/experiment/scaling_*.yaml`` (README: the filter's weak scaling, and
+ViT training: preset × strategy × ranks).
 
 A point with ``scaling.submit=local`` runs its measurement now, under the platform's launcher
-(``mpiexec``/``torchrun`` here, an ``srun`` job step inside an allocation): EnSF weak scaling is
+(``mpiexec``/``torchrun`` here, an ``srun`` job step inside an allocation): a filter's weak scaling is
 ``scripts/bench_filters.py``'s worker (``scaling.per_rank`` × ranks state values, sharded over the
 state), ViT training is ``scripts/bench_vit.py``'s worker (``scaling.batch_per_rank`` × ranks global
 batch). Its JSON lands in ``OUT/points/<tag>.json`` (OUT = ``scaling.out_dir``). With
@@ -65,7 +67,6 @@ def worker_command(cfg: DictConfig) -> str:
             repeats=sc.repeats,
             ranks=sc.ranks,
             shard="state" if sc.ranks > 1 else "-",
-            prior_score="paired",
             loop=False,
             budget_s=1e9,
             threads=cfg.platform.threads_per_worker,
@@ -198,6 +199,8 @@ def markdown(rows: list[dict]) -> str:
 
 
 def run(cfg: DictConfig) -> None:
+    if cfg.scaling.study == "analysis" and cfg.scaling.filter is None:
+        sys.exit("config error: scaling.filter: name the filter to time (a name of filter=)")
     out = Path(cfg.scaling.out_dir).resolve()
     if cfg.scaling.collect:
         collect(cfg, out)

@@ -4,7 +4,7 @@ Hydra composes YAML from ``configs/``; ``validate(cfg)`` merges each section ont
 schema (types, unknown keys), lets each component and section check its own keys (the model's and
 the filter's classes via ``scoreda.registry``, the other sections' dataclasses in ``SECTIONS``),
 then checks the rules across sections here, raising ``ConfigError`` — one line naming the key — on
-the first problem. ``science_keys`` is the part of a config that a run's numbers depend on.
+the first problem. The part of a config that a run's numbers depend on: ``scoreda.science``.
 """
 
 from __future__ import annotations
@@ -16,43 +16,17 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from scoreda.dynamics import model_params, model_science
+from scoreda.dynamics import model_params
 from scoreda.dynamics.grid import model_grid
 from scoreda.filters import make_filter
 from scoreda.filters.sharding import SHARDS
 from scoreda.observations import ObservationParams
 from scoreda.platform import PlatformParams, ScalingParams
-from scoreda.registry import FILTERS, LEGACY_FILTER_KEYS, MODELS
-from scoreda.surrogate.params import ParallelParams, PretrainParams, SurrogateParams
+from scoreda.registry import ModelCommon, section
+from scoreda.shocks import Shocks
+from scoreda.surrogate.params import Forecaster, ParallelParams, PretrainParams, SurrogateParams
 from scoreda.tracking import LoggerParams
 from scoreda.validation import ConfigError, merge_schema, require
-
-
-@dataclass
-class Shocks:
-    """Model error unknown to the forecast model: Gaussian noise added to the truth."""
-
-    fraction: float = 0.0  # share of cycles shocked (each cycle independently, from the seed)
-    std: list[float] = field(default_factory=lambda: [5.0, 4.0, 3.0, 2.0])  # used in turn [units]
-
-    def __post_init__(self) -> None:
-        require(0 <= self.fraction <= 1, "shocks.fraction", f"must be in [0, 1], got {self.fraction}")
-        require(
-            len(self.std) > 0 and all(s > 0 for s in self.std),
-            "shocks.std",
-            f"must be a non-empty list of positive numbers, got {list(self.std)}",
-        )
-
-
-@dataclass
-class Forecaster:
-    name: str = "physics"  # physics | vit (the `surrogate` section)
-
-    def __post_init__(self) -> None:
-        require(
-            self.name in ("physics", "vit"), "forecaster.name", f"expected physics or vit, got {self.name!r}"
-        )
-
 
 #: the sections that check their own keys (``__post_init__``), in the order ``validate`` checks them
 SECTIONS = {
@@ -93,6 +67,16 @@ class Root:
     logger: LoggerParams = field(default_factory=LoggerParams)
     scaling: ScalingParams = field(default_factory=ScalingParams)
 
+    def __post_init__(self) -> None:
+        require(self.members >= 2, "members", f"must be ≥ 2, got {self.members}")
+        require(self.cycles >= 1, "cycles", f"must be ≥ 1, got {self.cycles}")
+        require(self.burn_in >= 0, "burn_in", f"must be ≥ 0, got {self.burn_in}")  # ≥ cycles: a short run
+        require(self.seed >= 0, "seed", f"must be ≥ 0, got {self.seed}")
+        ok = self.divergence is None or self.divergence > 0
+        require(ok, "divergence", f"must be positive or null, got {self.divergence}")
+        ok = self.device == "cpu" or self.device.startswith("cuda")
+        require(ok, "device", f"expected cpu or cuda[:n], got {self.device!r}")
+
 
 def _check(ok: bool, key: str, msg: str) -> None:
     if not ok:
@@ -103,24 +87,7 @@ def validate(cfg: DictConfig | dict) -> DictConfig:
     """Return the typed, checked config (a new DictConfig); raise ``ConfigError`` on the first problem."""
     cfg = OmegaConf.create(OmegaConf.to_container(OmegaConf.create(cfg), resolve=True))
     cfg.pop("hydra", None)
-    model = cfg.get("model")
-    _check(
-        isinstance(model, DictConfig) and "name" in model,
-        "model",
-        f"missing (choose model={'|'.join(MODELS)})",
-    )
-    _check(model.name in MODELS, "model.name", f"unknown model {model.name!r} (expected {', '.join(MODELS)})")
-    typed_model = merge_schema(MODELS[model.name], model, "model")
-    flt = cfg.get("filter")
-    _check(
-        isinstance(flt, DictConfig) and "name" in flt,
-        "filter",
-        f"missing (choose filter={'|'.join(FILTERS)})",
-    )
-    _check(flt.name in FILTERS, "filter.name", f"unknown filter {flt.name!r} (expected {', '.join(FILTERS)})")
-    keys = {f.name for f in fields(FILTERS[flt.name])}
-    flt = OmegaConf.masked_copy(flt, [k for k in flt if k in keys or k not in LEGACY_FILTER_KEYS])
-    typed_filter = merge_schema(FILTERS[flt.name], flt, "filter")
+    typed_model, typed_filter = section("model", cfg.get("model")), section("filter", cfg.get("filter"))
     rest = OmegaConf.masked_copy(cfg, [k for k in cfg if k not in ("model", "filter")])
     out = merge_schema(Root, rest, "")
     out.model, out.filter = typed_model, typed_filter
@@ -141,28 +108,9 @@ def _own(build, *args, **kwargs) -> Any:
 
 def _check_values(c: DictConfig) -> None:
     """Each section's own checks (the component's dataclass), then the rules across sections."""
-    _check(c.members >= 2, "members", f"must be ≥ 2, got {c.members}")
-    _check(c.cycles >= 1, "cycles", f"must be ≥ 1, got {c.cycles}")
-    _check(c.burn_in >= 0, "burn_in", f"must be ≥ 0, got {c.burn_in}")  # ≥ cycles: a short run
-    _check(c.seed >= 0, "seed", f"must be ≥ 0, got {c.seed}")
-    _check(
-        c.divergence is None or c.divergence > 0,
-        "divergence",
-        f"must be positive or null, got {c.divergence}",
-    )
-    _check(
-        c.device == "cpu" or c.device.startswith("cuda"),
-        "device",
-        f"expected cpu or cuda[:n], got {c.device!r}",
-    )
+    _own(Root, **{k.name: c[k.name] for k in fields(Root) if k.name not in (*SECTIONS, "model", "filter")})
     m = c.model
-    _check(m.cycle_hours > 0, "model.cycle_hours", f"must be positive, got {m.cycle_hours}")
-    _check(m.spinup_cycles >= 0, "model.spinup_cycles", f"must be ≥ 0, got {m.spinup_cycles}")
-    _check(
-        m.member_spacing_cycles >= 1,
-        "model.member_spacing_cycles",
-        f"must be ≥ 1, got {m.member_spacing_cycles}",
-    )
+    _own(ModelCommon, **{k.name: m[k.name] for k in fields(ModelCommon)})
     params = _own(model_params, m)
     grid = model_grid(m)
     sec = {k: _own(cls, **OmegaConf.to_container(c[k])) for k, cls in SECTIONS.items()}
@@ -229,28 +177,3 @@ def _check_divides(part: float | None, whole: float, key: str, whole_key: str) -
         key,
         f"{part} h must divide {whole_key}={whole} h into a whole number of steps",
     )
-
-
-def science_keys(cfg: DictConfig) -> dict:
-    """The part of the config that determines the numbers (hashed into every checkpoint).
-
-    Leaves out what may change on a resume without changing any result: cycles, platform,
-    logger, progress, run_dir, and filter.ranks / filter.shard (the same analysis to rounding).
-    """
-    c = OmegaConf.to_container(cfg, resolve=True)
-    c["model"] = model_science(c["model"])
-    c["filter"] = LEGACY_FILTER_KEYS | c["filter"]  # the hash of a run made before issue 17
-    c["filter"] = {k: v for k, v in c["filter"].items() if k not in ("ranks", "shard")}  # same numbers
-    # keys added after runs existed, left out at their defaults so that those runs keep their hash
-    if c["model"].get("state") == "pv":
-        del c["model"]["state"]
-    if c["observation"].get("channels", 0) is None:
-        del c["observation"]["channels"]
-    for key, default in (("standardise", "point"), ("cap_spread", False)):
-        if c["filter"].get(key) == default:
-            del c["filter"][key]
-    keys = ["seed", "members", "model", "observation", "filter", "shocks", "forecaster"]
-    if c["forecaster"]["name"] == "vit":  # the surrogate's numbers; not how many ranks train it
-        keys += ["surrogate", "parallel"]
-        c["parallel"] = {k: v for k, v in c["parallel"].items() if k not in ("ranks", "launcher", "backend")}
-    return {k: c[k] for k in keys}

@@ -10,12 +10,12 @@ from dataclasses import dataclass, field, fields, make_dataclass
 from typing import get_type_hints
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from scoreda.dynamics import registry as dynamics_registry
 from scoreda.filters import LAUNCH_KEYS, config_fields
 from scoreda.filters import registry as filters_registry
-from scoreda.validation import ConfigError, merge_schema
+from scoreda.validation import ConfigError, merge_schema, require
 
 
 @dataclass
@@ -25,6 +25,12 @@ class ModelCommon:
     spinup_cycles: int = 200  # free cycles before the nature run and the climatology start
     member_spacing_cycles: int = 10  # initial members: states this far apart on one long run
     units: str = "K"
+
+    def __post_init__(self) -> None:
+        require(self.cycle_hours > 0, "model.cycle_hours", f"must be positive, got {self.cycle_hours}")
+        require(self.spinup_cycles >= 0, "model.spinup_cycles", f"must be ≥ 0, got {self.spinup_cycles}")
+        n = self.member_spacing_cycles
+        require(n >= 1, "model.member_spacing_cycles", f"must be ≥ 1, got {n}")
 
 
 def _model_schema(name: str, params: type) -> type:
@@ -90,3 +96,18 @@ LEGACY_FILTER_KEYS = {
     "cross_level": 1.0,
     "rtpp": 0.0,
 }
+
+
+def section(group: str, cfg) -> DictConfig:
+    """The ``model`` or ``filter`` section ``cfg`` merged onto the schema of the component it names;
+    ``ConfigError`` when it is missing or names none. A filter section written before issue 17 holds
+    every filter's keys (``LEGACY_FILTER_KEYS``): those its filter lacks are dropped."""
+    schemas = MODELS if group == "model" else FILTERS
+    if not (isinstance(cfg, DictConfig) and "name" in cfg):
+        raise ConfigError(f"{group}: missing (choose {group}={'|'.join(schemas)})")
+    if cfg.name not in schemas:
+        raise ConfigError(f"{group}.name: unknown {group} {cfg.name!r} (expected {', '.join(schemas)})")
+    if group == "filter":
+        keys = {f.name for f in fields(schemas[cfg.name])}
+        cfg = OmegaConf.masked_copy(cfg, [k for k in cfg if k in keys or k not in LEGACY_FILTER_KEYS])
+    return merge_schema(schemas[cfg.name], cfg, group)

@@ -35,8 +35,8 @@ def generator(seed: int, cycle: int, stage: str) -> torch.Generator:
 # on any device without a host round trip and gives the same integers on CPU and GPU. Tails are cut
 # at |ξ| ≤ √(2 ln 2²⁴) ≈ 5.8 (24-bit uniforms, exact in float32).
 #
-# ``CounterNormal`` draws these numbers step after step and block of columns after block (the EnSF's
-# integration), with (j+1)γ computed once and all buffers reused; ``counter_normal`` and
+# ``CounterNormal`` draws these numbers step after step and block of columns after block (a score
+# filter's integration), with (j+1)γ computed once and all buffers reused; ``counter_normal`` and
 # ``counter_bits`` are one-shot draws through it. Every variant does the same operations on each
 # element, so the numbers do not depend on how the array is cut.
 

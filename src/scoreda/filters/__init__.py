@@ -4,8 +4,8 @@ A filter is one module of this package that names its class in a module-level ``
 {"<name>": Class}`` (``filter=<name>``), plus ``configs/filter/<name>.yaml``: nothing else changes.
 The class is a dataclass whose fields are its config keys (see ``config_fields``); what it can do
 (:class:`Capabilities`) decides how the analysis stage launches it, and an unsupported combination
-is a config error before any work. The post-processing steps shared by the filters
-(inflation, RTPS, spread cap) are the functions below.
+is a config error before any work. What the filters do around their analysis (inflation,
+regression of unobserved components, RTPP, spread cap, RTPS) is one chain, ``processing``.
 """
 
 from __future__ import annotations
@@ -113,82 +113,6 @@ class NoAssimilation:
 
     def analyse(self, prior, y, operator, generator=None) -> Analysis:
         return Analysis(prior.clone())
-
-
-def relax_spread(analysis: torch.Tensor, prior: torch.Tensor, rtps: float) -> torch.Tensor:
-    """RTPS (Whitaker & Hamill 2012): scale analysis anomalies so that, per dimension,
-    σ_new = rtps·σ_f + (1 − rtps)·σ_a  (σ: ensemble std, ddof=1). rtps=0 leaves it unchanged."""
-    if rtps == 0:
-        return analysis
-    mean = analysis.mean(0, keepdim=True)
-    sa = analysis.std(0, keepdim=True).clamp_min(torch.finfo(analysis.dtype).tiny)
-    sf = prior.std(0, keepdim=True)
-    return mean + (analysis - mean) * (1.0 + rtps * (sf - sa) / sa)
-
-
-def cap_spread(analysis: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
-    """Analysis anomalies scaled down, per dimension, where the analysis spread exceeds the prior's:
-    σ_new = min(σ_a, σ_f) (σ: ensemble std, ddof=1). A Bayesian update never widens the spread;
-    the EnSF's kernels do where observations say little (variance (1 + ε_β) s²)."""
-    mean = analysis.mean(0, keepdim=True)
-    sa = analysis.std(0, keepdim=True).clamp_min(torch.finfo(analysis.dtype).tiny)
-    sf = prior.std(0, keepdim=True)
-    return mean + (analysis - mean) * torch.clamp(sf / sa, max=1.0)
-
-
-def inflate(ensemble: torch.Tensor, factor: float) -> torch.Tensor:
-    """Multiplicative inflation of the anomalies about the ensemble mean."""
-    if factor == 1.0:
-        return ensemble
-    mean = ensemble.mean(0, keepdim=True)
-    return mean + factor * (ensemble - mean)
-
-
-def innovation_inflation(prior: torch.Tensor, y: torch.Tensor, operator: ObservationOperator) -> float:
-    """Adaptive multiplicative inflation λ of the forecast anomalies from this cycle's innovations.
-
-    With d = y − mean_m h(x_m) [p] and the ensemble variance of h(x) per observation v [p],
-    E‖d‖² = λ² Σv + p σo² for a calibrated ensemble (Desroziers et al. 2005; the global estimate
-    of Li, Kalnay & Miyoshi 2009, here without smoothing in time, so a sudden model error is met
-    in the cycle it happens):  λ² = max(1, (‖d‖²/p − σo²) / mean(v)).  Returns λ (≥ 1).
-    """
-    hx = operator(prior)  # [M, p]
-    d = y.to(hx) - hx.mean(0)
-    v = hx.var(0).mean().clamp_min(torch.finfo(hx.dtype).tiny)
-    return max(1.0, float((d.square().mean() - operator.sigma**2) / v)) ** 0.5
-
-
-def observed_mask(operator: ObservationOperator, d: int) -> torch.Tensor | None:
-    """Boolean [d]: the state components that ``operator`` observes; None when it observes all."""
-    mask = torch.zeros(d, dtype=torch.bool, device=operator.indices.device)
-    mask[operator.indices] = True
-    return None if bool(mask.all()) else mask
-
-
-def inflate_prior(
-    prior: torch.Tensor,
-    y: torch.Tensor,
-    operator: ObservationOperator,
-    factor: float,
-    adaptive: bool,
-    observed_only: bool = False,
-) -> tuple[torch.Tensor, float]:
-    """The forecast ensemble as a filter analyses it: anomalies × ``factor`` (``filter.inflation``),
-    then × λ = ``innovation_inflation`` when ``adaptive`` (``filter.adaptive_inflation``). Returns it
-    and the whole factor applied, ``factor`` · λ (recorded as ``inflation`` in ``scores.json``).
-
-    ``observed_only``: λ multiplies only the anomalies of the observed components, the only ones
-    whose error the innovations constrain (x_i ← x̄_i + λ (x_i − x̄_i) for i observed, unchanged
-    otherwise); with every component observed this is the same operation as without it."""
-    prior = inflate(prior, factor)
-    if not adaptive:
-        return prior, factor
-    lam = innovation_inflation(prior, y, operator)
-    mask = observed_mask(operator, prior.shape[-1]) if observed_only and lam != 1.0 else None
-    if mask is None:
-        return inflate(prior, lam), factor * lam
-    mask = mask.to(prior.device)
-    return torch.where(mask, inflate(prior, lam), prior), factor * lam
 
 
 def make_filter(filter_cfg, grid=None) -> Filter:

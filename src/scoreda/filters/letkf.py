@@ -17,7 +17,7 @@ observations j within the cutoff (r_j: horizontal distance, λ_j = 1 on the poin
 This is Hunt et al.'s algorithm with ρ = 1 in (M − 1)I/ρ: inflation is applied to the forecast
 anomalies before h, which for linear h equals their covariance inflation with ρ = inflation².
 Afterwards the analysis anomalies are relaxed toward the (inflated) forecast anomalies: RTPP
-(Zhang et al. 2004), Xa ← (1 − rtpp) Xa + rtpp Xb, then RTPS (``relax_spread``).
+(Zhang et al. 2004), Xa ← (1 − rtpp) Xa + rtpp Xb, then RTPS (``filters.processing``).
 
 Geometry. A state is [C, H, W] flattened (levels, y, x) on a doubly periodic grid of spacing ``dx``
 with periodic lengths ``domain = (Ly, Lx)`` (same unit as ``dx``; H = Ly/dx, W = Lx/dx). The
@@ -50,7 +50,7 @@ K = M − 1 coordinates of 1⊥ (orthonormal U, Uᵀ1 = 0): the anomalies Xb, Yb
 members, so 1 is an eigenvector of A with eigenvalue M − 1, W is the identity on it and
 Xbᵀ1 = 0; all sums and the eigh are done on Uᵀ Yb, Uᵀ Xb (K×K). Cost O(C_a·d_h·M² log d_h) for the
 sums plus O(C_a·d_h·M³) for the eigh (d_h = H·W), memory O(C_a·d_h·M²). Everything runs in the
-dtype of the operator's output: float32 is enough (SQG 64², M = 20, all points observed with
+dtype of the operator's output: float32 is enough (2×64², M = 20, all points observed with
 σo = 1 K: float32 and float64 analyses differ by ~1e-5 K).
 
 ``reference.analyse_point_loop`` is the same analysis written as a plain loop over state points (the
@@ -65,15 +65,8 @@ from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
-from scoreda.filters import (
-    CONSTRUCTED,
-    Analysis,
-    Capabilities,
-    check_common,
-    config_keys,
-    inflate_prior,
-    relax_spread,
-)
+from scoreda.filters import CONSTRUCTED, Analysis, Capabilities, check_common, config_keys
+from scoreda.filters.processing import Processing
 from scoreda.observations import ObservationOperator
 
 if TYPE_CHECKING:
@@ -130,7 +123,7 @@ class LETKF:
     @classmethod
     def from_config(cls, filter_cfg, grid: Grid | None = None) -> LETKF:
         """Keys of ``filter_cfg``; ``dx`` and ``domain`` (in the grid's length units: km, or grid
-        index for Lorenz-96) from the model's ``grid``."""
+        index for a 1-D model) from the model's ``grid``."""
         kw = config_keys(cls, filter_cfg)
         if grid is not None:
             dy, dx = grid.spacing
@@ -259,12 +252,15 @@ class LETKF:
         coef = (s[:, None, -K:].contiguous() @ v) / lam[:, None, :]  # (Λ⁻¹ Vᵀ b)ᵀ, [n, 1, K]
         return torch.cat([(u * (rho / lam).sqrt()[:, None, :]) @ v.mT, (u * coef).sum(-1, keepdim=True)], -1)
 
-    def _relax(self, xa: torch.Tensor, xb: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
-        """RTPP toward the forecast anomalies xb, then RTPS toward the spread of ``prior``."""
-        if self.rtpp:
-            amean = xa.mean(0, keepdim=True)
-            xa = amean + (1.0 - self.rtpp) * (xa - amean) + self.rtpp * xb
-        return relax_spread(xa, prior, self.rtps)
+    @property
+    def processing(self) -> Processing:
+        """Inflation before the analysis; RTPP, then RTPS after it (``filters.processing``)."""
+        return Processing(
+            inflation=self.inflation,
+            adaptive_inflation=self.adaptive_inflation,
+            rtpp=self.rtpp,
+            rtps=self.rtps,
+        )
 
     @torch.no_grad()
     def analyse(
@@ -276,14 +272,18 @@ class LETKF:
     ) -> Analysis:
         """Analysis ensemble [M, d] from the forecast ensemble ``prior`` [M, d] and obs ``y`` [p];
         diagnostics: ``inflation``, the factor the forecast anomalies were multiplied by."""
-        prior, inflation = inflate_prior(prior, y, operator, self.inflation, self.adaptive_inflation)
-        return Analysis(self._analyse(prior, y, operator), {"inflation": inflation})
+        processing = self.processing
+        prior, inflation = processing.before(prior, y, operator)
+        return Analysis(
+            processing.after(self._analyse(prior, y, operator), prior, operator), {"inflation": inflation}
+        )
 
     def _analyse(self, prior: torch.Tensor, y: torch.Tensor, operator: ObservationOperator) -> torch.Tensor:
+        """The local analyses [M, d] of the (inflated) forecast ``prior`` [M, d], before RTPP/RTPS."""
         M, d = prior.shape
         self.grid(d)  # the state fits the grid
         if operator.indices.numel() == 0:
-            return relax_spread(prior.clone(), prior, self.rtps)
+            return prior.clone()
         mean = prior.mean(0, keepdim=True)
         xb = prior - mean
         hx = operator(prior)
@@ -305,7 +305,7 @@ class LETKF:
                 )
         out = out.permute(3, 0, 2, 1).reshape(M, d)
         xa = mean + out[-1:] + U @ out[:-1]  # mean + increment + anomalies back in member space
-        return self._relax(xa.to(prior.dtype), xb, prior)
+        return xa.to(prior.dtype)
 
 
 REGISTER = {"letkf": LETKF}

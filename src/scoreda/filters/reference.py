@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import torch
 
-from scoreda.filters import inflate, inflate_prior, relax_spread
 from scoreda.filters.ensf import EnSF
 from scoreda.filters.letkf import LETKF, gaspari_cohn
+from scoreda.filters.processing import inflate, relax_spread
 from scoreda.observations import ObservationOperator
 from scoreda.seeding import counter_normal, noise_key
 
@@ -32,11 +32,12 @@ def ensf_member_loop(ensf: EnSF, prior, y, operator, generator=None) -> torch.Te
     if operator.linear:
         curv = operator.curvature(mean) * std[0] ** 2
     z = [counter_normal(key, 0, slice(i, i + 1), cols, dtype=prior.dtype) for i in range(M)]
+    sched = ensf.schedule
     ts = torch.linspace(1.0, ensf.t_end, ensf.n_steps + 1, dtype=torch.float64).tolist()
     for k, (t, t_next) in enumerate(zip(ts[:-1], ts[1:], strict=True)):
         dt, h = t - t_next, 1.0 - t
-        b, g2 = ensf.drift_diffusion(t)
-        a, b2 = ensf.alpha(t), ensf.beta_sq(t)
+        b, g2 = sched.drift_diffusion(t)
+        a, b2 = sched.alpha(t), sched.beta_sq(t)
         for i in range(M):
             zi = z[i]  # [1, d]
             if ensf.prior_score == "paired":  # pulled toward its own member
@@ -66,7 +67,8 @@ def analyse_point_loop(
     the periodic distances r to all observations, keep those with r < cutoff, weight them
     w = GC(r)·λ/σo², and do one ETKF with A = (M − 1)I + Ybᵀ diag(w) Yb (eigh). Vectorised over
     observations only: d Python iterations, no sharing between levels."""
-    prior, _ = inflate_prior(prior, y, operator, letkf.inflation, letkf.adaptive_inflation)
+    processing = letkf.processing
+    prior, _ = processing.before(prior, y, operator)
     M, d = prior.shape
     C, H, W = letkf.grid(d)
     mean = prior.mean(0)
@@ -91,4 +93,4 @@ def analyse_point_loop(
         wbar = v @ ((v.T @ (ys @ (w * dy[sel]))) / lam)
         t = (v * ((M - 1) / lam).sqrt()) @ v.T + wbar[:, None]
         xa[:, s] = mean[s] + xb[:, s].to(t.dtype) @ t
-    return letkf._relax(xa, xb, prior)
+    return processing.after(xa, prior, operator)

@@ -7,8 +7,8 @@ of the two-layer QG state) and applies an elementwise transform g (identity or a
     h(x) = g(x[idx]),   log p(y|x) = −½ ‖(y − h(x)) / σo‖²  (+ const)
     ∇x log p(y|x) = Hᵀ [g'(x[idx]) (y − g(x[idx])) / σo²]          (autograd for nonlinear g)
 
-``curvature(x)`` is the diagonal of the Gauss–Newton Hessian of −log p, Hᵀ g'(x[idx])² / σo²; the
-EnSF uses it to treat the likelihood term semi-implicitly.
+``curvature(x)`` is the diagonal of the Gauss–Newton Hessian of −log p, Hᵀ g'(x[idx])² / σo²; a
+score filter uses it to treat the likelihood term semi-implicitly.
 """
 
 from __future__ import annotations
@@ -191,7 +191,7 @@ def observed_indices(
         flat = flat[sorted(ch)]
     if kind == "identity":
         return flat.reshape(-1)
-    if kind == "subsample":  # axes of size 1 (Lorenz-96) are not subsampled
+    if kind == "subsample":  # axes of size 1 (a 1-D model) are not subsampled
         ey, ex = (every if H > 1 else 1), (every if W > 1 else 1)
         if every < 1 or H % ey or W % ex:
             raise ValueError(f"observation.every: {every} must divide the grid ({H}×{W})")

@@ -15,10 +15,11 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from scoreda.config import ConfigError, science_keys, validate
+from scoreda.config import ConfigError, validate
 from scoreda.dynamics import Dynamics, make_dynamics
 from scoreda.dynamics.grid import Grid, model_grid, time_coords
 from scoreda.io import CheckpointError, config_hash, read_state, write_state, write_text
+from scoreda.science import science_keys
 
 # attributes every state file carries (Run.attrs) and a reader checks; newer keys are not required
 CHECKED_ATTRS = ("cycle", "kind", "time_hours", "model", "grid", "units", "config_hash", "seed")
@@ -279,7 +280,7 @@ class Diverged(RuntimeError):
 
 def check_divergence(run: Run, cycle: int, rmse_analysis: float, sigma: float) -> None:
     """Raise ``Diverged`` when ``rmse_analysis`` > ``divergence`` × σ, σ the std of the truth over its
-    values (``scores.json``'s ``truth_std``; ≈ 8 K for SQG, the error of a guess of the field's mean).
+    values (``scores.json``'s ``truth_std``: the error of a guess of the field's mean).
     A free ensemble stays within ≈ 3σ (docs/results.md); a diverged filter passes 5σ within a few
     cycles and then grows without bound."""
     factor = run.cfg.divergence

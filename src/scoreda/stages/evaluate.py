@@ -9,8 +9,8 @@ Channels. A model that names its state channels (``channel_names``, ``channel_un
 two-layer QG) gets every score per channel as well (``rmse_analysis_u1``, … in metrics.csv,
 ``mean_rmse_analysis_u1``, … in summary.json, ``plots/rmse_spread_<name>.png``), and its
 un-suffixed headline scores, rank histogram and spectra are over the channels in ``model.units``
-only (qg2l ``pv_velocity``: the PV q1, q2 [1/s]; the velocities [m/s] are not pooled with them).
-Models without channel names (SQG, Lorenz-96) are scored over all levels, as before.
+only (e.g. PV [1/s] and velocities [m/s] in one state: the velocities are not pooled with the PV).
+Models without channel names are scored over all levels, as before.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import numpy as np
 
 from scoreda import metrics, plotting
 from scoreda.io import write_text
+from scoreda.shocks import shock_std
 from scoreda.stages.common import (
     DIAGNOSTICS,
     Run,
@@ -33,7 +34,7 @@ from scoreda.stages.common import (
     read_timings,
     write_json,
 )
-from scoreda.stages.nature import read_observations, shock_std
+from scoreda.stages.nature import read_observations
 
 COLUMNS = ("cycle", "time_hours", *metrics.SCORE_NAMES, "shock_std")
 SPECTRA = tuple(f"{q}_spectrum_{k}" for q in ("error", "spread") for k in ("forecast", "analysis"))

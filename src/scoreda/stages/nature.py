@@ -7,10 +7,8 @@ as the truth; the trajectory is cached in ``cache_dir`` for every run of the sam
 Cycle k ≥ 1 advances the truth by one cycle and observes it:
 y_k = h(x_k) + σo ε, ε drawn from the (seed, k, "obs") stream.
 
-Model shocks (``shocks.fraction`` > 0): cycle k is shocked when u_k < fraction, u_k ~ U(0, 1) from
-the (seed, k, "shock") stream; the j-th shocked cycle (j = 0, 1, ...) adds white noise
-N(0, std[j mod len(std)]²) to every truth grid value before it is observed, and the nature run
-continues from the shocked truth. The forecast model never sees the noise.
+Model shocks (``shocks.fraction`` > 0, ``scoreda.shocks``) are added to the truth before it is
+observed, and the nature run continues from the shocked truth. The forecast model never sees them.
 """
 
 from __future__ import annotations
@@ -24,6 +22,7 @@ from scoreda.dynamics import model_science
 from scoreda.io import CheckpointError, config_hash, read_dataset_file, write_dataset_file
 from scoreda.observations import PointObservation, make_observation_operator
 from scoreda.seeding import generator
+from scoreda.shocks import shock_std
 from scoreda.stages.common import Run, dynamics, main, note, record_time
 
 
@@ -122,18 +121,6 @@ def nature(run_dir, cycle: int) -> str:
         run.write(cycle, "truth", truth)
     record_time(run, cycle, "nature", t0)
     return str(run.path(cycle, "truth"))
-
-
-def shock_std(cfg, cycle: int) -> float:
-    """Standard deviation of the shock the truth receives at ``cycle`` (0.0: none)."""
-    f = cfg.shocks.fraction
-    if f <= 0 or cycle < 1:
-        return 0.0
-    u = [float(torch.rand((), generator=generator(cfg.seed, k, "shock"))) for k in range(1, cycle + 1)]
-    shocked = [uk < f for uk in u]
-    if not shocked[-1]:
-        return 0.0
-    return float(cfg.shocks.std[(sum(shocked) - 1) % len(cfg.shocks.std)])
 
 
 def write_observations(run: Run, cycle: int, op: PointObservation, y: torch.Tensor) -> None:

@@ -9,7 +9,7 @@ import importlib
 
 _EXPORTS = {
     "ARCH_KEYS": "vit",
-    "SQGViT": "vit",
+    "ViTSurrogate": "vit",
     "build_vit": "vit",
     "count_parameters": "vit",
     "flops_per_sample": "vit",

@@ -2,7 +2,7 @@
 
     z = (x − mean) / std   (per level),   z ← f_θ(z)  n·k times,   x' = mean + std · z
 
-with f_θ the ``SQGViT`` in eval mode advancing ``model.step_hours`` (None: the whole cycle), k =
+with f_θ the ``ViTSurrogate`` in eval mode advancing ``model.step_hours`` (None: the whole cycle), k =
 cycle / step_hours, all members at once in slices of at most ``batch``.
 """
 
@@ -13,7 +13,7 @@ import os
 
 import torch
 
-from scoreda.surrogate.vit import SQGViT
+from scoreda.surrogate.vit import ViTSurrogate
 
 
 def rollout_steps(cycle_hours: float, step_hours: float | None) -> int:
@@ -34,7 +34,7 @@ class ViTDynamics:
 
     def __init__(
         self,
-        model: SQGViT,
+        model: ViTSurrogate,
         mean: torch.Tensor,
         std: torch.Tensor,
         cycle_seconds: float,
@@ -48,13 +48,13 @@ class ViTDynamics:
         self.device = torch.device(device)
         self.dt = float(cycle_seconds)
         self.batch = int(batch)
-        self.model: SQGViT
+        self.model: ViTSurrogate
         self.rollout: int  # ViT applications per cycle
         self.mean: torch.Tensor
         self.std: torch.Tensor
         self._install(model, mean, std)
 
-    def _install(self, model: SQGViT, mean: torch.Tensor, std: torch.Tensor) -> None:
+    def _install(self, model: ViTSurrogate, mean: torch.Tensor, std: torch.Tensor) -> None:
         C, S = model.channels, model.img_size
         mean = torch.as_tensor(mean, dtype=torch.float32).reshape(-1)
         std = torch.as_tensor(std, dtype=torch.float32).reshape(-1)

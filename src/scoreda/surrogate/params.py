@@ -1,5 +1,6 @@
-"""The ``surrogate``, ``parallel`` and ``pretrain`` sections: keys, defaults and each one's own checks
-(``__post_init__``, one line naming the key). Rules across sections stay in ``scoreda.config``."""
+"""The ``forecaster``, ``surrogate``, ``parallel`` and ``pretrain`` sections: keys, defaults and
+each one's own checks (``__post_init__``, one line naming the key). Rules across sections stay in
+``scoreda.config``."""
 
 from __future__ import annotations
 
@@ -8,6 +9,18 @@ from dataclasses import dataclass, field
 from scoreda.validation import require
 
 STRATEGIES = ("zero1", "zero2", "zero3", "ddp", "fsdp_full", "fsdp_grad_op")
+
+
+@dataclass
+class Forecaster:
+    """What forecasts the ensemble: ``physics`` (the ``model``) or ``vit`` (the ``surrogate``)."""
+
+    name: str = "physics"
+
+    def __post_init__(self) -> None:
+        require(
+            self.name in ("physics", "vit"), "forecaster.name", f"expected physics or vit, got {self.name!r}"
+        )
 
 
 @dataclass

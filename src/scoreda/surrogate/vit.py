@@ -1,4 +1,4 @@
-"""The ViT surrogate of seed paper 002 (Table II): x(t) ↦ x(t + Δt) on normalised SQG states (Δt =
+"""The ViT surrogate of seed paper 002 (Table II): x(t) ↦ x(t + Δt) on normalised model states (Δt =
 ``surrogate.step_hours``, 12 h in the paper; a 12-h cycle is then 12 h/Δt steps, ``Rollout``).
 
 Shapes: input and output ``[B, C, H, W]`` (C levels, H = W = ``img_size``); patch P gives
@@ -156,7 +156,7 @@ class Block(nn.Module):
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
-class SQGViT(nn.Module):
+class ViTSurrogate(nn.Module):
     """ViT surrogate ``forward(x[B, C, H, W]) -> [B, C, H, W]`` (normalised state at t ↦ at t + Δt,
     Δt = ``step_hours``, by default one 12-h cycle)."""
 
@@ -275,7 +275,7 @@ class Rollout(nn.Module):
     """f_θ^k: ``x[B, C, H, W]`` ↦ f_θ(… f_θ(x)) (k applications of one ViT), e.g. a 12-h forecast of a 3-h
     step. ``blocks`` are the ViT's (the FSDP units); ``unwrap_state_dict`` gives the ViT's own names."""
 
-    def __init__(self, vit: SQGViT, k: int):
+    def __init__(self, vit: ViTSurrogate, k: int):
         super().__init__()
         if int(k) != k or k < 1:
             raise ValueError(f"rollout: k must be a positive integer, got {k}")
@@ -296,15 +296,15 @@ class Rollout(nn.Module):
         return {k.removeprefix("vit."): v for k, v in state.items()}
 
 
-def build_vit(cfg: Mapping, device: str | torch.device | None = None) -> SQGViT:
-    """The ``SQGViT`` of the architecture keys ``ARCH_KEYS`` of ``cfg`` (e.g. ``cfg.surrogate``; its
+def build_vit(cfg: Mapping, device: str | torch.device | None = None) -> ViTSurrogate:
+    """The ``ViTSurrogate`` of the architecture keys ``ARCH_KEYS`` of ``cfg`` (e.g. ``cfg.surrogate``; its
     ``step_hours``, where present, becomes ``model.step_hours``), initialised
     once on ``device`` (default: torch's default device): the layers are made on the meta device, then
     allocated and given ``reset_parameters`` — no second pass of torch's default inits. The weights are a
     function of the RNG state of ``device`` (``torch.manual_seed`` before the call)."""
     device = torch.get_default_device() if device is None else torch.device(device)
     with torch.device("meta"):
-        model = SQGViT(**arch_dict(cfg))
+        model = ViTSurrogate(**arch_dict(cfg))
     if device.type != "meta":
         model.to_empty(device=device)
         model.reset_parameters()

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from scoreda.io import atomic_output
-from scoreda.surrogate.vit import ARCH_KEYS, SQGViT, arch_dict
+from scoreda.surrogate.vit import ARCH_KEYS, ViTSurrogate, arch_dict
 
 WEIGHTS_FORMAT = "scoreda-vit-1"
 _TOP_KEYS = {"format", "surrogate", "state_dict", "mean", "std", "meta"}
@@ -114,7 +114,7 @@ def save_weights(
 
 def load_weights(
     path: str | os.PathLike, device: str | torch.device = "cpu"
-) -> tuple[SQGViT, torch.Tensor, torch.Tensor, dict]:
+) -> tuple[ViTSurrogate, torch.Tensor, torch.Tensor, dict]:
     """``(model in eval mode on device, mean[C], std[C], meta)``; the architecture and ``model.step_hours``
     come from the file."""
     path = Path(path)
@@ -135,7 +135,7 @@ def load_weights(
     try:
         arch = arch_dict(blob["surrogate"])
         with torch.device("meta"):  # shapes only; the tensors come from the file
-            model = SQGViT(**arch)
+            model = ViTSurrogate(**arch)
     except (ValueError, TypeError) as e:
         raise ValueError(f"{path}: bad architecture ({_first_line(e)})") from None
     sd = blob["state_dict"]

@@ -1,0 +1,179 @@
+"""What the ensemble filters do around their analysis, in one chain with its order explicit.
+
+``Processing.before`` (the forecast ensemble as the filter analyses it):
+
+1. multiplicative inflation × ``inflation``, then × λ (``innovation_inflation``) when adaptive.
+
+``Processing.after`` (the analysis ensemble, against that inflated forecast):
+
+2. ``regress_unobserved`` (EnSF ``unobserved=regress``): unobserved components from the observed;
+3. RTPP (``relax_perturbations``) toward the forecast anomalies;
+4. ``cap_spread``: the analysis spread ≤ the forecast spread per component;
+5. RTPS (``relax_spread``) toward the forecast spread.
+
+Each step is the identity at its default. Ensembles are [M, d] (members × state); σ is the ensemble
+std (ddof = 1) per component.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+from scoreda.observations import ObservationOperator
+
+
+class Localiser(Protocol):
+    def regress(
+        self, xb: torch.Tensor, observed: torch.Tensor, increments: torch.Tensor, precision: torch.Tensor
+    ) -> torch.Tensor: ...
+
+
+@dataclass(frozen=True)
+class Processing:
+    """The chain of one filter's settings (the module docstring gives the order)."""
+
+    inflation: float = 1.0  # 1. × the forecast anomalies
+    adaptive_inflation: bool = False  # 1. then × λ ≥ 1 from the innovations
+    observed_only: bool = False  # 1. λ only on the observed components
+    regress: bool = False  # 2. regress the unobserved components
+    localiser: Localiser | None = None  # 2. the regression's geometry
+    rtps_unobserved: float = 0.0  # 2. RTPS of the regressed components
+    rtpp: float = 0.0  # 3.
+    cap_spread: bool = False  # 4.
+    rtps: float = 0.0  # 5.
+
+    def before(
+        self, prior: torch.Tensor, y: torch.Tensor, operator: ObservationOperator
+    ) -> tuple[torch.Tensor, float]:
+        """Step 1: the inflated forecast and the whole factor applied (``inflate_prior``)."""
+        return inflate_prior(
+            prior, y, operator, self.inflation, self.adaptive_inflation, observed_only=self.observed_only
+        )
+
+    def after(
+        self, analysis: torch.Tensor, prior: torch.Tensor, operator: ObservationOperator
+    ) -> torch.Tensor:
+        """Steps 2–5 on ``analysis`` [M, d] against the inflated forecast ``prior`` [M, d]."""
+        if self.regress:
+            analysis = regress_unobserved(analysis, prior, operator, self.localiser, self.rtps_unobserved)
+        if self.rtpp:
+            analysis = relax_perturbations(analysis, prior - prior.mean(0, keepdim=True), self.rtpp)
+        if self.cap_spread:
+            analysis = cap_spread(analysis, prior)
+        return relax_spread(analysis, prior, self.rtps)
+
+
+def inflate(ensemble: torch.Tensor, factor: float) -> torch.Tensor:
+    """Multiplicative inflation of the anomalies about the ensemble mean."""
+    if factor == 1.0:
+        return ensemble
+    mean = ensemble.mean(0, keepdim=True)
+    return mean + factor * (ensemble - mean)
+
+
+def innovation_inflation(prior: torch.Tensor, y: torch.Tensor, operator: ObservationOperator) -> float:
+    """Adaptive multiplicative inflation λ of the forecast anomalies from this cycle's innovations.
+
+    With d = y − mean_m h(x_m) [p] and the ensemble variance of h(x) per observation v [p],
+    E‖d‖² = λ² Σv + p σo² for a calibrated ensemble (Desroziers et al. 2005; the global estimate
+    of Li, Kalnay & Miyoshi 2009, here without smoothing in time, so a sudden model error is met
+    in the cycle it happens):  λ² = max(1, (‖d‖²/p − σo²) / mean(v)).  Returns λ (≥ 1).
+    """
+    hx = operator(prior)  # [M, p]
+    d = y.to(hx) - hx.mean(0)
+    v = hx.var(0).mean().clamp_min(torch.finfo(hx.dtype).tiny)
+    return max(1.0, float((d.square().mean() - operator.sigma**2) / v)) ** 0.5
+
+
+def observed_mask(operator: ObservationOperator, d: int) -> torch.Tensor | None:
+    """Boolean [d]: the state components that ``operator`` observes; None when it observes all."""
+    mask = torch.zeros(d, dtype=torch.bool, device=operator.indices.device)
+    mask[operator.indices] = True
+    return None if bool(mask.all()) else mask
+
+
+def inflate_prior(
+    prior: torch.Tensor,
+    y: torch.Tensor,
+    operator: ObservationOperator,
+    factor: float,
+    adaptive: bool,
+    observed_only: bool = False,
+) -> tuple[torch.Tensor, float]:
+    """The forecast ensemble as a filter analyses it: anomalies × ``factor`` (``filter.inflation``),
+    then × λ = ``innovation_inflation`` when ``adaptive`` (``filter.adaptive_inflation``). Returns it
+    and the whole factor applied, ``factor`` · λ (recorded as ``inflation`` in ``scores.json``).
+
+    ``observed_only``: λ multiplies only the anomalies of the observed components, the only ones
+    whose error the innovations constrain (x_i ← x̄_i + λ (x_i − x̄_i) for i observed, unchanged
+    otherwise); with every component observed this is the same operation as without it."""
+    prior = inflate(prior, factor)
+    if not adaptive:
+        return prior, factor
+    lam = innovation_inflation(prior, y, operator)
+    mask = observed_mask(operator, prior.shape[-1]) if observed_only and lam != 1.0 else None
+    if mask is None:
+        return inflate(prior, lam), factor * lam
+    mask = mask.to(prior.device)
+    return torch.where(mask, inflate(prior, lam), prior), factor * lam
+
+
+def regress_unobserved(
+    analysis: torch.Tensor,
+    forecast: torch.Tensor,
+    operator: ObservationOperator,
+    localiser: Localiser | None,
+    rtps_unobserved: float,
+) -> torch.Tensor:
+    """The unobserved components u of the analysis [M, d] replaced by the forecast plus the localised
+    ensemble regression (``localiser.regress``, the LETKF's) of the members' changes at the observed
+    components o,
+
+        x^a_u = x^f_u + C_uo (C_oo + R)⁻¹ (x^a_o − x^f_o)     (GC-localised, ridge R = diag(1/c)),
+
+    then RTPS with ``rtps_unobserved`` toward the forecast spread (the 20-member regression takes out
+    more spread than error); C the covariances of ``forecast`` [M, d], c = ``operator.curvature`` at
+    its mean (1/σo² for a linear h). A no-op when every component is observed."""
+    mask = observed_mask(operator, forecast.shape[1])
+    if mask is None:
+        return analysis
+    if localiser is None:
+        raise ValueError("filter.unobserved=regress: no localiser (from_config(filter, grid) builds it)")
+    mask = mask.to(forecast.device)
+    obs = mask.nonzero().squeeze(1)
+    mean = forecast.mean(0, keepdim=True)
+    precision = operator.curvature(mean).reshape(-1)[obs]
+    delta = localiser.regress(forecast - mean, obs, analysis[:, obs] - forecast[:, obs], precision)
+    regressed = relax_spread(forecast + delta.to(forecast.dtype), forecast, rtps_unobserved)
+    return torch.where(mask, analysis, regressed)
+
+
+def relax_perturbations(analysis: torch.Tensor, xb: torch.Tensor, rtpp: float) -> torch.Tensor:
+    """RTPP (Zhang et al. 2004): analysis anomalies ← (1 − rtpp) Xa + rtpp Xb, Xb the forecast
+    anomalies [M, d]; the analysis mean is kept."""
+    mean = analysis.mean(0, keepdim=True)
+    return mean + (1.0 - rtpp) * (analysis - mean) + rtpp * xb
+
+
+def cap_spread(analysis: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
+    """Analysis anomalies scaled down, per component, where the analysis spread exceeds the prior's:
+    σ_new = min(σ_a, σ_f). A Bayesian update never widens the spread; the EnSF's kernels do where
+    observations say little (variance (1 + ε_β) s²)."""
+    mean = analysis.mean(0, keepdim=True)
+    sa = analysis.std(0, keepdim=True).clamp_min(torch.finfo(analysis.dtype).tiny)
+    sf = prior.std(0, keepdim=True)
+    return mean + (analysis - mean) * torch.clamp(sf / sa, max=1.0)
+
+
+def relax_spread(analysis: torch.Tensor, prior: torch.Tensor, rtps: float) -> torch.Tensor:
+    """RTPS (Whitaker & Hamill 2012): analysis anomalies scaled so that, per component,
+    σ_new = rtps·σ_f + (1 − rtps)·σ_a. rtps = 0 leaves it unchanged."""
+    if rtps == 0:
+        return analysis
+    mean = analysis.mean(0, keepdim=True)
+    sa = analysis.std(0, keepdim=True).clamp_min(torch.finfo(analysis.dtype).tiny)
+    sf = prior.std(0, keepdim=True)
+    return mean + (analysis - mean) * (1.0 + rtps * (sf - sa) / sa)
