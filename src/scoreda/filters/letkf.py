@@ -284,6 +284,19 @@ class LETKF:
         self.grid(d)  # the state fits the grid
         if operator.indices.numel() == 0:
             return prior.clone()
+        mean, U, sums, x = self.ensemble_space(prior, y, operator)
+        out = self.local_analyses(sums, x, lambda s, xb: self.transform(s, xb, M - 1))  # [K + 1, d]
+        xa = mean + out[-1:] + U @ out[:-1]  # mean + increment + anomalies back in member space
+        return xa.to(prior.dtype)
+
+    def ensemble_space(
+        self, prior: torch.Tensor, y: torch.Tensor, operator: ObservationOperator
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """What the local analyses need, for all of them at once (K = M − 1 coordinates of 1⊥):
+        the forecast mean [1, d], the member basis U [M, K], the local sums [L + K, C_a, G] (packed
+        lower triangle of Σ_j w_j y_j y_jᵀ, then Σ_j w_j y_j δ_j, y_j = Uᵀ Yb_j / σo, δ scaled by
+        1/σo) and the forecast anomalies Uᵀ Xb of the points each analysis updates [C_a, G, c, K]."""
+        M, d = prior.shape
         mean = prior.mean(0, keepdim=True)
         xb = prior - mean
         hx = operator(prior)
@@ -295,17 +308,19 @@ class LETKF:
         terms = torch.cat([yb[il[0]] * yb[il[1]], yb * dy])  # P_j (packed), q_j: [L + K, p]
         sums = self.gridded_sums(terms, operator.indices.to(hx.device), d)  # [L + K, C_a, G]
         ca, G = sums.shape[1:]  # G = H·W, or 1 for the global ETKF
-        x = self.point_anomalies(U.T @ xb.to(U.dtype), ca, G)  # [C_a, G, c, K]
-        out = x.new_empty(*x.shape[:-1], M)  # [C_a, G, c, K + 1]
-        step = max(1, self.chunk_elements // (M * (M + x.shape[2])))
+        return mean, U, sums, self.point_anomalies(U.T @ xb.to(U.dtype), ca, G)
+
+    def local_analyses(self, sums: torch.Tensor, x: torch.Tensor, analyse) -> torch.Tensor:
+        """``analyse(s [n, L + K], x [n, c, K]) -> [n, c, K + 1]`` on chunks of the local analyses
+        (``ensemble_space``'s sums and anomalies), batched; the results as fields [K + 1, d]."""
+        ca, G, c, K = x.shape
+        M = K + 1
+        out = x.new_empty(ca, G, c, M)
+        step = max(1, self.chunk_elements // (M * (M + c)))
         for a in range(ca):
             for g0 in range(0, G, step):
-                out[a, g0 : g0 + step] = self.transform(
-                    sums[:, a, g0 : g0 + step].T, x[a, g0 : g0 + step], M - 1
-                )
-        out = out.permute(3, 0, 2, 1).reshape(M, d)
-        xa = mean + out[-1:] + U @ out[:-1]  # mean + increment + anomalies back in member space
-        return xa.to(prior.dtype)
+                out[a, g0 : g0 + step] = analyse(sums[:, a, g0 : g0 + step].T, x[a, g0 : g0 + step])
+        return out.permute(3, 0, 2, 1).reshape(M, -1)
 
 
 REGISTER = {"letkf": LETKF}
