@@ -102,12 +102,7 @@ class LEnSF:
     @property
     def processing(self) -> Processing:
         """Inflation before the analysis; RTPP, then RTPS after it."""
-        return Processing(
-            inflation=self.inflation,
-            adaptive_inflation=self.adaptive_inflation,
-            rtpp=self.rtpp,
-            rtps=self.rtps,
-        )
+        return Processing.of(self)
 
     @torch.no_grad()
     def analyse(

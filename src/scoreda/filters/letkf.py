@@ -255,12 +255,7 @@ class LETKF:
     @property
     def processing(self) -> Processing:
         """Inflation before the analysis; RTPP, then RTPS after it (``filters.processing``)."""
-        return Processing(
-            inflation=self.inflation,
-            adaptive_inflation=self.adaptive_inflation,
-            rtpp=self.rtpp,
-            rtps=self.rtps,
-        )
+        return Processing.of(self)
 
     @torch.no_grad()
     def analyse(

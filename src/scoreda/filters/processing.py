@@ -45,6 +45,13 @@ class Processing:
     cap_spread: bool = False  # 4.
     rtps: float = 0.0  # 5.
 
+    @classmethod
+    def of(cls, f, **steps) -> Processing:
+        """The chain of filter ``f``'s common keys (``inflation``, ``adaptive_inflation``, ``rtps`` and,
+        where it has one, ``rtpp``) and the filter-specific ``steps``."""
+        keys = dict(inflation=f.inflation, adaptive_inflation=f.adaptive_inflation, rtps=f.rtps)
+        return cls(**keys, rtpp=getattr(f, "rtpp", 0.0), **steps)
+
     def before(
         self, prior: torch.Tensor, y: torch.Tensor, operator: ObservationOperator
     ) -> tuple[torch.Tensor, float]:

@@ -174,15 +174,13 @@ class EnSF:
         ones: ``regress``, or ``spectral`` whose B carries each observation to its neighbours);
         after the analysis: ``unobserved=regress``, ``cap_spread``, ``rtps``."""
         regress = self.unobserved == "regress"
-        return Processing(
-            inflation=self.inflation,
-            adaptive_inflation=self.adaptive_inflation,
+        return Processing.of(
+            self,
             observed_only=not (regress or self.standardise == "spectral"),
             regress=regress,
             localiser=self.localiser,
             rtps_unobserved=self.rtps_unobserved,
             cap_spread=self.cap_spread,
-            rtps=self.rtps,
         )
 
 
