@@ -33,6 +33,16 @@ the flow keeps it there whatever the weights (measured on a bimodal prior: the p
 by 0.65 at b² = 0.1, against 0.01 from rotated starts; ``tests/test_lensf.py``). Cost per
 step O(C_a · d_h · M² K) on top of the LETKF's sums and eigh.
 
+White part (``white`` = σ_w² > 0, or ``adaptive_white``). The ensemble spans K directions, so an
+error white in space (model shocks) is outside its span and no local analysis can correct it. The
+prior gets a second, full-rank part: x = x̄ + Xbᵀ U ũ/√K + e, e_i ~ N(0, σ_w²) independent per state
+point. Integrating e out of the observations leaves the ensemble-space analysis above with
+σ_j² = σo² + g'_j² σ_w² (g'_j the slope of h at the forecast mean), which is the exact marginal of
+ũ (up to localisation, and for a point observed once); then each member draws its e from the
+conditional given its analysed ũ and the point's own observations (``white_part``). σ_w² = 0 is the
+filter without it, exactly; ``adaptive_white`` estimates σ_w² from the innovations each analysis
+(``processing.innovation_white``; ``white`` is then its floor).
+
 One rank. Inflation, RTPP and RTPS: ``filters.processing``.
 """
 
@@ -47,9 +57,9 @@ import torch
 
 from scoreda.filters import CONSTRUCTED, Analysis, Capabilities, check_common, config_keys
 from scoreda.filters.letkf import LETKF
-from scoreda.filters.processing import Processing
+from scoreda.filters.processing import Processing, innovation_white
 from scoreda.observations import ObservationOperator
-from scoreda.seeding import noise_key
+from scoreda.seeding import counter_normal, noise_key
 
 if TYPE_CHECKING:
     from scoreda.dynamics.grid import Grid
@@ -72,6 +82,8 @@ class LEnSF:
     adaptive_inflation: bool = False  # × innovation_inflation(prior, y) (≥ 1), after ``inflation``
     rtps: float = 0.3  # relaxation of the analysis spread to the forecast spread
     rtpp: float = 0.0  # relaxation of the analysis perturbations to the forecast ones
+    white: float = 0.0  # σ_w²: prior variance of the per-point white part [units²] (0: none)
+    adaptive_white: bool = False  # σ_w² = max(white, innovation_white(prior, y)) each analysis
     localiser: LETKF | None = field(default=None, metadata=CONSTRUCTED)  # the local analyses' geometry
     capabilities: ClassVar[Capabilities] = Capabilities()  # one rank
 
@@ -89,6 +101,8 @@ class LEnSF:
         check_common(self)
         if not 0 <= self.rtpp <= 1:
             raise ValueError(f"filter.rtpp: must be in [0, 1], got {self.rtpp}")
+        if not self.white >= 0:
+            raise ValueError(f"filter.white: must be ≥ 0, got {self.white}")
 
     @classmethod
     def from_config(cls, cfg, grid: Grid | None = None) -> LEnSF:
@@ -113,25 +127,73 @@ class LEnSF:
         generator: torch.Generator | None = None,
     ) -> Analysis:
         """Analysis ensemble [M, d] from the forecast ``prior`` [M, d] and obs ``y`` [p]; diagnostics:
-        ``inflation``. ``generator``'s seed draws the rotation of ``start=rotated``."""
+        ``inflation`` and ``white`` (σ_w²). ``generator``'s seed draws the rotation of
+        ``start=rotated`` and the noise of the white part."""
         if self.localiser is None:
             raise ValueError("filter=lensf: no localiser (LEnSF.from_config(filter, grid) builds it)")
         processing = self.processing
         prior, inflation = processing.before(prior, y, operator)
         M, d = prior.shape
         self.localiser.grid(d)  # the state fits the grid
+        white = self.white
+        if self.adaptive_white and operator.indices.numel():
+            white = max(white, innovation_white(prior, y, operator))
         if operator.indices.numel() == 0:
             analysis = prior.clone()
         else:
-            mean, U, sums, x = self.localiser.ensemble_space(prior, y, operator)
-            members = math.sqrt(M - 1) * U.double()  # ũ_m [M, K]
-            starts = (
-                members @ self.rotation(M - 1, generator).to(members) if self.start == "rotated" else members
-            )
-            analyse = functools.partial(self.transport, members=members, starts=starts)
-            out = self.localiser.local_analyses(sums, x, analyse)
-            analysis = (mean + out).to(prior.dtype)
-        return Analysis(processing.after(analysis, prior, operator), {"inflation": inflation})
+            sigma = None
+            if white > 0:  # the white part integrated out: σ_j² = σo² + g'_j² σ_w²
+                slope2 = operator.curvature(prior.mean(0, keepdim=True))[..., operator.indices]
+                sigma = (operator.sigma**2 * (1.0 + white * slope2.reshape(-1))).sqrt()
+            mean, U, sums, x = self.localiser.ensemble_space(prior, y, operator, sigma)
+            if self.bandwidth == 1.0 and self.start == "members":  # the transport's closed form
+                analyse = functools.partial(self.square_root, U=U)
+            else:
+                members = math.sqrt(M - 1) * U.double()  # ũ_m [M, K]
+                if self.start == "rotated":
+                    starts = members @ self.rotation(M - 1, generator).to(members)
+                else:
+                    starts = members
+                analyse = functools.partial(self.transport, members=members, starts=starts)
+            analysis = (mean + self.localiser.local_analyses(sums, x, analyse)).to(prior.dtype)
+            if white > 0:
+                analysis = analysis + self.white_part(analysis, y, operator, white, generator)
+        diagnostics = {"inflation": inflation, "white": white}
+        return Analysis(processing.after(analysis, prior, operator), diagnostics)
+
+    @staticmethod
+    def square_root(s: torch.Tensor, xb: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
+        """``transport`` at b² = 1 from the members' own starts, in closed form: the LETKF's
+        x̄ + Xbᵀ(w̄ + W) at the c points of n analyses, anomalies [n, c, M] (``LETKF.transform``)."""
+        K = xb.shape[-1]
+        out = LETKF.transform(s, xb, K)
+        return out[..., :K] @ U.T.to(out) + out[..., K:]
+
+    @staticmethod
+    def white_part(
+        smooth: torch.Tensor,
+        y: torch.Tensor,
+        operator: ObservationOperator,
+        white: float,
+        generator: torch.Generator | None,
+    ) -> torch.Tensor:
+        """Each member's per-point white part e [M, d] given its analysis ``smooth`` [M, d] (the
+        ensemble-space analysis with the white part integrated out): the prior e_i ~ N(0, σ_w²),
+        independent per state point, conditioned on the point's own observations, h linearised at
+        the member,
+
+            e_i | x_m ~ N(ν_i g'_i (y_i − g(x_m,i)) / σo²,  ν_i),   1/ν_i = 1/σ_w² + g'_i² / σo²
+
+        (``likelihood_score`` and ``curvature`` of the operator; ν_i = σ_w², mean 0 where unobserved).
+        With ancestral sampling the pair (x_m + e_m) samples the joint posterior. The noise ξ [M, d]
+        is ``counter_normal`` of ``generator``'s seed, centred over members and scaled to unit
+        variance at each point, so the white part's ensemble mean and spread are exact."""
+        M, d = smooth.shape
+        precision = 1.0 / white + operator.curvature(smooth)
+        xi = counter_normal(noise_key(generator), 0, range(M), range(d), smooth.dtype, smooth.device)
+        xi = xi - xi.mean(0)
+        xi = xi / xi.std(0).clamp_min(torch.finfo(xi.dtype).tiny)
+        return (operator.likelihood_score(smooth, y) + xi * precision.sqrt()) / precision
 
     @staticmethod
     def rotation(K: int, generator: torch.Generator | None) -> torch.Tensor:

@@ -285,19 +285,24 @@ class LETKF:
         return xa.to(prior.dtype)
 
     def ensemble_space(
-        self, prior: torch.Tensor, y: torch.Tensor, operator: ObservationOperator
+        self,
+        prior: torch.Tensor,
+        y: torch.Tensor,
+        operator: ObservationOperator,
+        sigma: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """What the local analyses need, for all of them at once (K = M − 1 coordinates of 1⊥):
         the forecast mean [1, d], the member basis U [M, K], the local sums [L + K, C_a, G] (packed
-        lower triangle of Σ_j w_j y_j y_jᵀ, then Σ_j w_j y_j δ_j, y_j = Uᵀ Yb_j / σo, δ scaled by
-        1/σo) and the forecast anomalies Uᵀ Xb of the points each analysis updates [C_a, G, c, K]."""
+        lower triangle of Σ_j w_j y_j y_jᵀ, then Σ_j w_j y_j δ_j, y_j = Uᵀ Yb_j / σ_j, δ scaled by
+        1/σ_j) and the forecast anomalies Uᵀ Xb of the points each analysis updates [C_a, G, c, K].
+        σ_j = ``sigma`` [p] (default: σo for every observation)."""
         M, d = prior.shape
         mean = prior.mean(0, keepdim=True)
         xb = prior - mean
         hx = operator(prior)
         ybar = hx.mean(0)
         U = self.member_basis(M, hx.dtype, hx.device)  # [M, K]
-        sig = float(operator.sigma)
+        sig = float(operator.sigma) if sigma is None else sigma.to(hx)
         yb, dy = U.T @ (hx - ybar) / sig, (y.to(hx) - ybar) / sig  # Uᵀ Yb, δ scaled by 1/σo: [K, p], [p]
         il = torch.tril_indices(M - 1, M - 1, device=hx.device)
         terms = torch.cat([yb[il[0]] * yb[il[1]], yb * dy])  # P_j (packed), q_j: [L + K, p]

@@ -95,6 +95,18 @@ def innovation_inflation(prior: torch.Tensor, y: torch.Tensor, operator: Observa
     return max(1.0, float((d.square().mean() - operator.sigma**2) / v)) ** 0.5
 
 
+def innovation_white(prior: torch.Tensor, y: torch.Tensor, operator: ObservationOperator) -> float:
+    """Adaptive variance σ_w² of an error the ensemble does not span, white in space, from this cycle's
+    innovations (the additive counterpart of ``innovation_inflation``). With d and v as there and
+    g'_j the slope of h at the forecast mean at observation j,  E‖d‖²/p = mean(v) + σo² + σ_w² mean(g'²),
+    so  σ_w² = max(0, (‖d‖²/p − σo² − mean(v)) / mean(g'²)).  Returns σ_w² (≥ 0, state units²)."""
+    hx = operator(prior)  # [M, p]
+    d = y.to(hx) - hx.mean(0)
+    slope2 = operator.curvature(prior.mean(0, keepdim=True))[..., operator.indices].mean() * operator.sigma**2
+    excess = d.square().mean() - operator.sigma**2 - hx.var(0).mean()
+    return max(0.0, float(excess / slope2.clamp_min(torch.finfo(hx.dtype).tiny)))
+
+
 def observed_mask(operator: ObservationOperator, d: int) -> torch.Tensor | None:
     """Boolean [d]: the state components that ``operator`` observes; None when it observes all."""
     mask = torch.zeros(d, dtype=torch.bool, device=operator.indices.device)
