@@ -13,6 +13,8 @@ Measures (issue 3, item 5), each case in its own process with ``--threads`` torc
   pseudo-time step, and the speed-up loop time / vectorised time.
 - LETKF on SQG 64²×2 (M = 20, all points observed σo = 1, GC cutoff 2000 km, RTPS 0.3): the first
   call (builds the taper FFT) apart from warm calls, against ``analyse_point_loop`` (loop over points).
+- LEnSF on the same case (``LENSF_SETTINGS``), each row with the LETKF timed in the same process and
+  the ratio of the two (issue 18's cost target: ≤ 3×).
 - With CUDA: EnSF at d = 1e6 timed with CUDA events; achieved GB/s next to the device's copy GB/s.
 
 Times: median of ``--repeats`` runs (fewer once a case's timed runs exceed ``--budget`` s) after one
@@ -53,6 +55,12 @@ SIZES.update({f"sqg-{n}": 2 * n * n for n in (64, 128, 256)})
 QUICK = ("l96-1e4", "sqg-64")
 MEMBERS, N_STEPS, WARMUP_STEPS = 20, 100, 5
 LETKF_CFG = {"name": "letkf", "cutoff": 2000.0, "cross_level": 1.0, "rtps": 0.3}
+#: the LEnSF rows: one Gaussian (the closed form), with the white part, a mixture through the ODE
+LENSF_SETTINGS = (
+    {"adaptive_white": False},
+    {"adaptive_white": True},
+    {"bandwidth": 0.8, "start": "rotated", "n_steps": 10},
+)
 
 
 def loop_check(prior_score: str, transform: str = "linear") -> float:
@@ -158,6 +166,30 @@ def bench_letkf(spec: dict, mpi=None) -> dict:
     return out
 
 
+def bench_lensf(spec: dict, mpi=None) -> dict:
+    """LEnSF with ``spec["settings"]`` on the LETKF's case, and the LETKF timed in the same process
+    (warm calls of both, alternated): the ratio of their medians is the issue's cost measure."""
+    from scoreda.filters import lensf, letkf
+
+    prior, y, op = problem(spec["d"])
+    grid = model_grid(model_config("sqg", N=spec["n"], L=20.0e6))
+    base = letkf.LETKF.from_config(LETKF_CFG, grid)
+    filt = lensf.LEnSF.from_config(LETKF_CFG | spec["settings"] | {"name": "lensf"}, grid)
+    gen = torch.Generator().manual_seed(0)
+    for f in (base, filt):
+        f.analyse(prior, y, op, gen)  # warm-up (taper FFT)
+    times, base_times = [], []
+    for _ in range(spec["repeats"]):
+        times.append(wall(lambda: filt.analyse(prior, y, op, gen))[0])
+        base_times.append(wall(lambda: base.analyse(prior, y, op))[0])
+    out = {"times_s": times, "time_s": statistics.median(times), "peak_rss": peak_rss()}
+    out["letkf_s"] = statistics.median(base_times)
+    out["ratio_to_letkf"] = out["time_s"] / out["letkf_s"]
+    keys = ", ".join(f"{k}={v}" for k, v in spec["settings"].items())
+    out["note"] = f"{keys}; {out['ratio_to_letkf']:.2f}× the LETKF ({out['letkf_s']:.3f} s, same process)"
+    return out
+
+
 def wall(fn) -> tuple[float, object]:
     t0 = time.perf_counter()
     result = fn()
@@ -202,7 +234,8 @@ def worker(spec: dict) -> None:
         from scoreda.stages.analysis import MPICollective
 
         mpi = MPICollective(MPI.COMM_WORLD)
-    out = {"ensf": bench_ensf, "letkf": bench_letkf, "gpu": bench_gpu}[spec["filter"]](spec, mpi)
+    benches = {"ensf": bench_ensf, "letkf": bench_letkf, "lensf": bench_lensf, "gpu": bench_gpu}
+    out = benches[spec["filter"]](spec, mpi)
     if mpi is None or mpi.rank == 0:
         print(json.dumps(out))
 
@@ -219,10 +252,13 @@ def make_cases(sizes: list[str], repeats: int, threads: int, budget: float) -> l
             rows += [dict(base, prior_score=score, ranks=2, shard=s) for s in ("members", "state")]
     if "sqg-64" in sizes:
         rows.append(dict(filter="letkf", case="sqg-64", d=SIZES["sqg-64"], n=64, repeats=repeats))
+        for settings in LENSF_SETTINGS:
+            rows.append(dict(filter="lensf", case="sqg-64", d=SIZES["sqg-64"], n=64, repeats=repeats))
+            rows[-1]["settings"] = settings
     if torch.cuda.is_available():
         rows.append(dict(filter="gpu", case="l96-1e6", d=10**6, n_steps=N_STEPS, repeats=repeats))
     defaults = dict(threads=threads, ranks=1, shard="-", loop=False, budget_s=budget)
-    return [{**defaults, "prior_score": "-" if r["filter"] == "letkf" else "paired", **r} for r in rows]
+    return [{**defaults, "prior_score": "paired" if r["filter"] == "ensf" else "-", **r} for r in rows]
 
 
 def launch(spec: dict) -> dict:

@@ -1,5 +1,6 @@
 """EnSF on several MPI ranks (real ``mpiexec``) equals one process, for both shardings and both
-prior-score estimators; the analysis stage and the workflow on ``filter.ranks`` > 1; clear errors."""
+prior-score estimators; the analysis stage (EnSF and LEnSF) and the workflow on ``filter.ranks`` > 1;
+clear errors."""
 
 import os
 import subprocess
@@ -106,8 +107,10 @@ def test_fewer_members_or_state_than_ranks_is_one_line_error(args, message):
     [
         (2, ["filter.shard=members", "filter.prior_score=paired", "filter.rtps=0.5"]),
         (3, ["filter.shard=state", "filter.prior_score=mixture", "observation=arctan"]),
+        (2, ["filter=lensf", "filter.adaptive_white=true", "filter.bandwidth=0.8", "filter.start=rotated"]),
+        (3, ["filter=lensf", "filter.white=0.5", "observation=arctan", "filter.rtpp=0.2"]),
     ],
-    ids=["2-members-paired", "3-state-mixture-arctan"],
+    ids=["2-members-paired", "3-state-mixture-arctan", "2-lensf-mixture-white", "3-lensf-arctan"],
 )
 def test_analysis_stage_on_ranks_equals_one_rank(ranks, overrides, tmp_path):
     """``mpiexec -n R python -m scoreda.stages.analysis`` writes (rank 0 only) the one-rank analysis."""

@@ -43,7 +43,8 @@ conditional given its analysed ũ and the point's own observations (``white_part
 filter without it, exactly; ``adaptive_white`` estimates σ_w² from the innovations each analysis
 (``processing.innovation_white``; ``white`` is then its floor).
 
-One rank. Inflation, RTPP and RTPS: ``filters.processing``.
+MPI (``shard=state``): the local analyses split over ranks by blocks of grid positions (``analyse``).
+Inflation, RTPP and RTPS: ``filters.processing``.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ import torch
 from scoreda.filters import CONSTRUCTED, Analysis, Capabilities, check_common, config_keys
 from scoreda.filters.letkf import LETKF
 from scoreda.filters.processing import Processing, innovation_white
+from scoreda.filters.sharding import Collective, block
 from scoreda.observations import ObservationOperator
 from scoreda.seeding import counter_normal, noise_key
 
@@ -85,7 +87,7 @@ class LEnSF:
     white: float = 0.0  # σ_w²: prior variance of the per-point white part [units²] (0: none)
     adaptive_white: bool = False  # σ_w² = max(white, innovation_white(prior, y)) each analysis
     localiser: LETKF | None = field(default=None, metadata=CONSTRUCTED)  # the local analyses' geometry
-    capabilities: ClassVar[Capabilities] = Capabilities()  # one rank
+    capabilities: ClassVar[Capabilities] = Capabilities(shards=("state",))  # blocks of grid positions
 
     def __post_init__(self) -> None:
         if not 0 < self.bandwidth <= 1:
@@ -125,40 +127,58 @@ class LEnSF:
         y: torch.Tensor,
         operator: ObservationOperator,
         generator: torch.Generator | None = None,
+        comm: Collective | None = None,
+        device: torch.device | str | None = None,
     ) -> Analysis:
         """Analysis ensemble [M, d] from the forecast ``prior`` [M, d] and obs ``y`` [p]; diagnostics:
         ``inflation`` and ``white`` (σ_w²). ``generator``'s seed draws the rotation of
-        ``start=rotated`` and the noise of the white part."""
+        ``start=rotated`` and the noise of the white part.
+
+        With ``comm`` (R ranks, ``shard=state``) every rank passes the full prior and all
+        observations and computes the local sums (FFTs, cheap); rank r does the local analyses of
+        block r of the grid positions (the eigh and the transport, the cost) on ``device``; rank 0
+        gathers them, adds the white part and post-processes, the others return None. Each local
+        analysis is the same computation on any split, so R ranks give one rank's result."""
         if self.localiser is None:
             raise ValueError("filter=lensf: no localiser (LEnSF.from_config(filter, grid) builds it)")
+        R, rank = (1, 0) if comm is None else (comm.size, comm.rank)
+        device = prior.device if device is None else torch.device(device)
         processing = self.processing
-        prior, inflation = processing.before(prior, y, operator)
+        y = y.to(device)
+        prior, inflation = processing.before(prior.to(device), y, operator)
         M, d = prior.shape
-        self.localiser.grid(d)  # the state fits the grid
+        C, H, W = self.localiser.grid(d)  # the state fits the grid
+        observed = operator.indices.numel() > 0
         white = self.white
-        if self.adaptive_white and operator.indices.numel():
+        if self.adaptive_white and observed:
             white = max(white, innovation_white(prior, y, operator))
-        if operator.indices.numel() == 0:
-            analysis = prior.clone()
-        else:
-            sigma = None
-            if white > 0:  # the white part integrated out: σ_j² = σo² + g'_j² σ_w²
-                slope2 = operator.curvature(prior.mean(0, keepdim=True))[..., operator.indices]
-                sigma = (operator.sigma**2 * (1.0 + white * slope2.reshape(-1))).sqrt()
-            mean, U, sums, x = self.localiser.ensemble_space(prior, y, operator, sigma)
-            if self.bandwidth == 1.0 and self.start == "members":  # the transport's closed form
-                analyse = functools.partial(self.square_root, U=U)
-            else:
-                members = math.sqrt(M - 1) * U.double()  # ũ_m [M, K]
-                if self.start == "rotated":
-                    starts = members @ self.rotation(M - 1, generator).to(members)
-                else:
-                    starts = members
-                analyse = functools.partial(self.transport, members=members, starts=starts)
-            analysis = (mean + self.localiser.local_analyses(sums, x, analyse)).to(prior.dtype)
-            if white > 0:
-                analysis = analysis + self.white_part(analysis, y, operator, white, generator)
         diagnostics = {"inflation": inflation, "white": white}
+        if not observed:
+            return Analysis(prior.clone() if rank == 0 else None, diagnostics)
+        sigma = None
+        if white > 0:  # the white part integrated out: σ_j² = σo² + g'_j² σ_w²
+            slope2 = operator.curvature(prior.mean(0, keepdim=True))[..., operator.indices]
+            sigma = (operator.sigma**2 * (1.0 + white * slope2.reshape(-1))).sqrt()
+        mean, U, sums, x = self.localiser.ensemble_space(prior, y, operator, sigma)
+        if self.bandwidth == 1.0 and self.start == "members":  # the transport's closed form
+            analyse = functools.partial(self.square_root, U=U)
+        else:
+            members = math.sqrt(M - 1) * U.double()  # ũ_m [M, K]
+            if self.start == "rotated":
+                starts = members @ self.rotation(M - 1, generator).to(members)
+            else:
+                starts = members
+            analyse = functools.partial(self.transport, members=members, starts=starts)
+        G = sums.shape[-1]  # H·W positions (1: global)
+        positions = block(G, R, rank)
+        out = self.localiser.local_analyses(sums, x, analyse, positions)  # [M, C, G_r]
+        if R > 1:
+            out = comm.gather(out, dim=2)
+            if out is None:
+                return Analysis(None, diagnostics)
+        analysis = (mean + out.to(device).reshape(M, d)).to(prior.dtype)
+        if white > 0:
+            analysis = analysis + self.white_part(analysis, y, operator, white, generator)
         return Analysis(processing.after(analysis, prior, operator), diagnostics)
 
     @staticmethod

@@ -280,7 +280,7 @@ class LETKF:
         if operator.indices.numel() == 0:
             return prior.clone()
         mean, U, sums, x = self.ensemble_space(prior, y, operator)
-        out = self.local_analyses(sums, x, lambda s, xb: self.transform(s, xb, M - 1))  # [K + 1, d]
+        out = self.local_analyses(sums, x, lambda s, xb: self.transform(s, xb, M - 1)).reshape(M, d)
         xa = mean + out[-1:] + U @ out[:-1]  # mean + increment + anomalies back in member space
         return xa.to(prior.dtype)
 
@@ -310,9 +310,13 @@ class LETKF:
         ca, G = sums.shape[1:]  # G = H·W, or 1 for the global ETKF
         return mean, U, sums, self.point_anomalies(U.T @ xb.to(U.dtype), ca, G)
 
-    def local_analyses(self, sums: torch.Tensor, x: torch.Tensor, analyse) -> torch.Tensor:
-        """``analyse(s [n, L + K], x [n, c, K]) -> [n, c, K + 1]`` on chunks of the local analyses
-        (``ensemble_space``'s sums and anomalies), batched; the results as fields [K + 1, d]."""
+    def local_analyses(
+        self, sums: torch.Tensor, x: torch.Tensor, analyse, positions: slice = slice(None)
+    ) -> torch.Tensor:
+        """``analyse(s [n, L + K], x [n, c, K]) -> [n, c, M]`` on chunks of the local analyses
+        (``ensemble_space``'s sums and anomalies) at the grid ``positions`` (default: all G),
+        batched; the results as fields [M, C, G'] (C = C_a·c levels, G' positions)."""
+        sums, x = sums[:, :, positions], x[:, positions]
         ca, G, c, K = x.shape
         M = K + 1
         out = x.new_empty(ca, G, c, M)
@@ -320,7 +324,7 @@ class LETKF:
         for a in range(ca):
             for g0 in range(0, G, step):
                 out[a, g0 : g0 + step] = analyse(sums[:, a, g0 : g0 + step].T, x[a, g0 : g0 + step])
-        return out.permute(3, 0, 2, 1).reshape(M, -1)
+        return out.permute(3, 0, 2, 1).reshape(M, ca * c, G)
 
 
 REGISTER = {"letkf": LETKF}
