@@ -252,9 +252,10 @@ def make_cases(sizes: list[str], repeats: int, threads: int, budget: float) -> l
             rows += [dict(base, prior_score=score, ranks=2, shard=s) for s in ("members", "state")]
     if "sqg-64" in sizes:
         rows.append(dict(filter="letkf", case="sqg-64", d=SIZES["sqg-64"], n=64, repeats=repeats))
-        for settings in LENSF_SETTINGS:
-            rows.append(dict(filter="lensf", case="sqg-64", d=SIZES["sqg-64"], n=64, repeats=repeats))
-            rows[-1]["settings"] = settings
+        rows += [
+            dict(filter="lensf", case="sqg-64", d=SIZES["sqg-64"], n=64, repeats=repeats, settings=settings)
+            for settings in LENSF_SETTINGS
+        ]
     if torch.cuda.is_available():
         rows.append(dict(filter="gpu", case="l96-1e6", d=10**6, n_steps=N_STEPS, repeats=repeats))
     defaults = dict(threads=threads, ranks=1, shard="-", loop=False, budget_s=budget)

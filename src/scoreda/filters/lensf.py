@@ -58,7 +58,7 @@ import torch
 
 from scoreda.filters import CONSTRUCTED, Analysis, Capabilities, check_common, config_keys
 from scoreda.filters.letkf import LETKF
-from scoreda.filters.processing import Processing, innovation_white
+from scoreda.filters.processing import Processing, innovation_white, observed_slope2
 from scoreda.filters.sharding import Collective, block
 from scoreda.observations import ObservationOperator
 from scoreda.seeding import counter_normal, noise_key
@@ -147,7 +147,7 @@ class LEnSF:
         y = y.to(device)
         prior, inflation = processing.before(prior.to(device), y, operator)
         M, d = prior.shape
-        C, H, W = self.localiser.grid(d)  # the state fits the grid
+        self.localiser.grid(d)  # the state fits the grid
         observed = operator.indices.numel() > 0
         white = self.white
         if self.adaptive_white and observed:
@@ -157,17 +157,15 @@ class LEnSF:
             return Analysis(prior.clone() if rank == 0 else None, diagnostics)
         sigma = None
         if white > 0:  # the white part integrated out: σ_j² = σo² + g'_j² σ_w²
-            slope2 = operator.curvature(prior.mean(0, keepdim=True))[..., operator.indices]
-            sigma = (operator.sigma**2 * (1.0 + white * slope2.reshape(-1))).sqrt()
+            sigma = (operator.sigma**2 + white * observed_slope2(prior, operator)).sqrt()
         mean, U, sums, x = self.localiser.ensemble_space(prior, y, operator, sigma)
         if self.bandwidth == 1.0 and self.start == "members":  # the transport's closed form
             analyse = functools.partial(self.square_root, U=U)
         else:
             members = math.sqrt(M - 1) * U.double()  # ũ_m [M, K]
-            if self.start == "rotated":
-                starts = members @ self.rotation(M - 1, generator).to(members)
-            else:
-                starts = members
+            starts = (
+                members @ self.rotation(M - 1, generator).to(members) if self.start == "rotated" else members
+            )
             analyse = functools.partial(self.transport, members=members, starts=starts)
         G = sums.shape[-1]  # H·W positions (1: global)
         positions = block(G, R, rank)

@@ -102,9 +102,16 @@ def innovation_white(prior: torch.Tensor, y: torch.Tensor, operator: Observation
     so  σ_w² = max(0, (‖d‖²/p − σo² − mean(v)) / mean(g'²)).  Returns σ_w² (≥ 0, state units²)."""
     hx = operator(prior)  # [M, p]
     d = y.to(hx) - hx.mean(0)
-    slope2 = operator.curvature(prior.mean(0, keepdim=True))[..., operator.indices].mean() * operator.sigma**2
+    slope2 = observed_slope2(prior, operator).mean()
     excess = d.square().mean() - operator.sigma**2 - hx.var(0).mean()
     return max(0.0, float(excess / slope2.clamp_min(torch.finfo(hx.dtype).tiny)))
+
+
+def observed_slope2(prior: torch.Tensor, operator: ObservationOperator) -> torch.Tensor:
+    """g'_j² [p]: the squared slope of h at the forecast mean of ``prior`` [M, d] at each observation
+    (the operator's Gauss–Newton ``curvature`` × σo²)."""
+    curvature = operator.curvature(prior.mean(0, keepdim=True))
+    return curvature[..., operator.indices].reshape(-1) * operator.sigma**2
 
 
 def observed_mask(operator: ObservationOperator, d: int) -> torch.Tensor | None:
