@@ -56,9 +56,11 @@ QUICK = ("l96-1e4", "sqg-64")
 MEMBERS, N_STEPS, WARMUP_STEPS = 20, 100, 5
 LETKF_CFG = {"name": "letkf", "cutoff": 2000.0, "cross_level": 1.0, "rtps": 0.3}
 #: the LEnSF rows: one Gaussian (the closed form), with the white part, a mixture through the ODE
-LENSF_SETTINGS = (
+LENSF_SETTINGS = (  # filter keys; "transform": the observations' (linear unless given)
     {"adaptive_white": False},
     {"adaptive_white": True},
+    {"adaptive_white": True, "desroziers": 1},
+    {"adaptive_white": True, "desroziers": 1, "transform": "arctan"},
     {"bandwidth": 0.8, "start": "rotated", "n_steps": 10},
 )
 
@@ -103,12 +105,14 @@ def ensf_bytes_per_step(members: int, d: int, prior_score: str = "paired") -> in
 # --------------------------------------------------------------------------------- worker side
 
 
-def problem(d: int, device="cpu"):
-    """Gaussian prior [M, d], observations y [d] of every point (σo = 1, linear) and the operator."""
+def problem(d: int, device="cpu", transform: str = "linear"):
+    """Gaussian prior [M, d], observations y [d] of every point (σo = 1, linear; arctan: y = atan(y),
+    σo = 0.05 as in filters_arctan) and the operator."""
     g = torch.Generator().manual_seed(0)
     prior, y = torch.randn(MEMBERS, d, generator=g), torch.randn(d, generator=g)
-    op = PointObservation(torch.arange(d, device=device), sigma=1.0, d=d)
-    return prior.to(device), y.to(device), op
+    sigma = 1.0 if transform == "linear" else 0.05
+    op = PointObservation(torch.arange(d, device=device), sigma=sigma, d=d, transform=transform)
+    return prior.to(device), (y if transform == "linear" else torch.atan(y)).to(device), op
 
 
 def peak_rss() -> int:
@@ -167,14 +171,16 @@ def bench_letkf(spec: dict, mpi=None) -> dict:
 
 
 def bench_lensf(spec: dict, mpi=None) -> dict:
-    """LEnSF with ``spec["settings"]`` on the LETKF's case, and the LETKF timed in the same process
-    (warm calls of both, alternated): the ratio of their medians is the issue's cost measure."""
+    """LEnSF with ``spec["settings"]`` on the LETKF's case (its observations through ``transform`` if
+    given), and the LETKF timed in the same process on the same case (warm calls of both,
+    alternated): the ratio of their medians is the issue's cost measure."""
     from scoreda.filters import lensf, letkf
 
-    prior, y, op = problem(spec["d"])
+    settings = dict(spec["settings"])
+    prior, y, op = problem(spec["d"], transform=settings.pop("transform", "linear"))
     grid = model_grid(model_config("sqg", N=spec["n"], L=20.0e6))
     base = letkf.LETKF.from_config(LETKF_CFG, grid)
-    filt = lensf.LEnSF.from_config(LETKF_CFG | spec["settings"] | {"name": "lensf"}, grid)
+    filt = lensf.LEnSF.from_config(LETKF_CFG | settings | {"name": "lensf"}, grid)
     gen = torch.Generator().manual_seed(0)
     for f in (base, filt):
         f.analyse(prior, y, op, gen)  # warm-up (taper FFT)

@@ -51,5 +51,5 @@ def test_quick_benchmark_writes_the_rows(tmp_path):
     assert letkf["first_s"] > 0
     assert letkf["max_abs_diff"] <= 1e-4 and letkf["speedup"] > 0
     lensf = [r for r in rows if r["filter"] == "lensf"]
-    assert len(lensf) == 3 and all(r["ratio_to_letkf"] > 0 and r["letkf_s"] > 0 for r in lensf)
+    assert len(lensf) == 5 and all(r["ratio_to_letkf"] > 0 and r["letkf_s"] > 0 for r in lensf)
     assert "time[s]" in p.stdout and "speedup" in p.stdout

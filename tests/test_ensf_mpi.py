@@ -108,7 +108,11 @@ def test_fewer_members_or_state_than_ranks_is_one_line_error(args, message):
         (2, ["filter.shard=members", "filter.prior_score=paired", "filter.rtps=0.5"]),
         (3, ["filter.shard=state", "filter.prior_score=mixture", "observation=arctan"]),
         (2, ["filter=lensf", "filter.adaptive_white=true", "filter.bandwidth=0.8", "filter.start=rotated"]),
-        (3, ["filter=lensf", "filter.white=0.5", "observation=arctan", "filter.rtpp=0.2"]),
+        (
+            3,
+            ["filter=lensf", "filter.white=0.5", "filter.adaptive_white=true", "filter.desroziers=1"]
+            + ["observation=arctan", "filter.rtpp=0.2"],
+        ),
     ],
     ids=["2-members-paired", "3-state-mixture-arctan", "2-lensf-mixture-white", "3-lensf-arctan"],
 )

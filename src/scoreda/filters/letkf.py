@@ -252,6 +252,19 @@ class LETKF:
         coef = (s[:, None, -K:].contiguous() @ v) / lam[:, None, :]  # (Λ⁻¹ Vᵀ b)ᵀ, [n, 1, K]
         return torch.cat([(u * (rho / lam).sqrt()[:, None, :]) @ v.mT, (u * coef).sum(-1, keepdim=True)], -1)
 
+    @staticmethod
+    def mean_increment(s: torch.Tensor, xb: torch.Tensor, M: int) -> torch.Tensor:
+        """The increment xbᵀ w̄ of the local analysis mean alone (``transform``'s last column, by
+        Cholesky, A w̄ = b, ρ = M − 1) at the c points of n analyses, repeated for the M members:
+        [n, c, M]."""
+        n, c, K = xb.shape
+        il = torch.tril_indices(K, K, device=s.device)
+        a = s.new_zeros(n, K, K)
+        a[:, il[0], il[1]] = s[:, :-K]
+        a.diagonal(dim1=1, dim2=2).add_(M - 1)
+        w = torch.cholesky_solve(s[:, -K:, None], torch.linalg.cholesky(a))  # [n, K, 1]
+        return (xb @ w).expand(n, c, M)
+
     @property
     def processing(self) -> Processing:
         """Inflation before the analysis; RTPP, then RTPS after it (``filters.processing``)."""

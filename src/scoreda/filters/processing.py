@@ -97,14 +97,25 @@ def innovation_inflation(prior: torch.Tensor, y: torch.Tensor, operator: Observa
 
 def innovation_white(prior: torch.Tensor, y: torch.Tensor, operator: ObservationOperator) -> float:
     """Adaptive variance σ_w² of an error the ensemble does not span, white in space, from this cycle's
-    innovations (the additive counterpart of ``innovation_inflation``). With d and v as there and
-    g'_j the slope of h at the forecast mean at observation j,  E‖d‖²/p = mean(v) + σo² + σ_w² mean(g'²),
-    so  σ_w² = max(0, (‖d‖²/p − σo² − mean(v)) / mean(g'²)).  Returns σ_w² (≥ 0, state units²)."""
+    innovations (the additive counterpart of ``innovation_inflation``). With d_j and v_j as there and
+    g'_j the slope of h at the forecast mean at observation j,  E d_j² = v_j + σo² + g'_j² σ_w²;  the
+    least-squares fit of σ_w² to these p equations is
+
+        σ_w² = max(0, Σ_j g'_j² (d_j² − v_j − σo²) / Σ_j g'_j⁴)
+
+    (= (‖d‖²/p − σo² − mean(v)) / g'² for a linear h; for a nonlinear one the observations where h is
+    flat, which say little about σ_w², weigh little). Returns σ_w² (≥ 0, state units²)."""
     hx = operator(prior)  # [M, p]
     d = y.to(hx) - hx.mean(0)
-    slope2 = observed_slope2(prior, operator).mean()
-    excess = d.square().mean() - operator.sigma**2 - hx.var(0).mean()
-    return max(0.0, float(excess / slope2.clamp_min(torch.finfo(hx.dtype).tiny)))
+    return white_fit(d.square() - hx.var(0), observed_slope2(prior, operator), operator.sigma)
+
+
+def white_fit(moment: torch.Tensor, slope2: torch.Tensor, sigma: float) -> float:
+    """σ_w² ≥ 0 fitted by least squares to  moment_j = σo² + g'_j² σ_w²  (moment, g'_j² = ``slope2``:
+    [p]): max(0, Σ g'_j² (moment_j − σo²) / Σ g'_j⁴)."""
+    num = (slope2 * (moment - sigma**2)).sum()
+    den = slope2.square().sum().clamp_min(torch.finfo(slope2.dtype).tiny)
+    return max(0.0, float(num / den))
 
 
 def observed_slope2(prior: torch.Tensor, operator: ObservationOperator) -> torch.Tensor:
