@@ -107,7 +107,11 @@ def test_fewer_members_or_state_than_ranks_is_one_line_error(args, message):
     [
         (2, ["filter.shard=members", "filter.prior_score=paired", "filter.rtps=0.5"]),
         (3, ["filter.shard=state", "filter.prior_score=mixture", "observation=arctan"]),
-        (2, ["filter=lensf", "filter.adaptive_white=true", "filter.bandwidth=0.8", "filter.start=rotated"]),
+        (
+            2,
+            ["filter=lensf", "filter.adaptive_white=true", "filter.bandwidth=0.8", "filter.start=rotated"]
+            + ["filter.mda=2"],
+        ),
         (
             3,
             ["filter=lensf", "filter.white=0.5", "filter.adaptive_white=true", "filter.desroziers=1"]

@@ -16,13 +16,13 @@ GEOMETRY = dict(cutoff=3.0, dx=1.0, domain=(8.0, 8.0))
 
 
 @pytest.mark.parametrize("transform", ["linear", "arctan"])
-@pytest.mark.parametrize("cross_level, n_steps", [(1.0, 1), (0.5, 7)])
-def test_one_gaussian_is_the_letkf_member_for_member(transform, cross_level, n_steps):
+@pytest.mark.parametrize("cross_level, n_steps, mda", [(1.0, 1, 1), (0.5, 7, 1), (1.0, 2, 3)])
+def test_one_gaussian_is_the_letkf_member_for_member(transform, cross_level, n_steps, mda):
     """bandwidth = 1: the transport's steps telescope to x̄ + Xbᵀ(w̄ + W) for any n_steps. In float64
     both compute the same K×K (K = 9) eigenproblems in another order, so they agree to ~1e-13 of the
     unit spread; 1e-9 leaves room for the conditioning of eigh."""
     prior, y, op = _case((2, 8, 8), M=10, every=2, transform=transform, seed=4)
-    keys = dict(rtps=0.2, rtpp=0.3, inflation=1.1)
+    keys = dict(rtps=0.2, rtpp=0.3, inflation=1.1, mda=mda)
     want = LETKF(**GEOMETRY, cross_level=cross_level, **keys).analyse(prior, y, op).ensemble
     localiser = LETKF(**GEOMETRY, cross_level=cross_level)  # its geometry only
     got = LEnSF(n_steps=n_steps, localiser=localiser, **keys).analyse(prior, y, op).ensemble
@@ -231,6 +231,8 @@ def test_bad_keys_are_one_line_errors():
         LEnSF(start="noise")
     with pytest.raises(ValueError, match=r"^filter\.white: must be ≥ 0"):
         LEnSF(white=-1.0)
+    with pytest.raises(ValueError, match=r"^filter\.mda: must be ≥ 1"):
+        LEnSF(mda=0)
     with pytest.raises(ValueError, match=r"^filter\.desroziers: must be ≥ 0"):
         LEnSF(adaptive_white=True, desroziers=-1)
     with pytest.raises(ValueError, match=r"^filter\.desroziers: updates the adaptive σ_w²"):

@@ -87,6 +87,7 @@ class LEnSF:
     white: float = 0.0  # σ_w²: prior variance of the per-point white part [units²] (0: none)
     adaptive_white: bool = False  # σ_w² = max(white, innovation_white(prior, y)) each analysis
     desroziers: int = 0  # then this many residual updates of σ_w² (``residual_white``)
+    mda: int = 1  # ensemble-space analyses in turn, each with σ_j √mda, h relinearised (as the LETKF's)
     localiser: LETKF | None = field(default=None, metadata=CONSTRUCTED)  # the local analyses' geometry
     capabilities: ClassVar[Capabilities] = Capabilities(shards=("state",))  # blocks of grid positions
 
@@ -106,6 +107,8 @@ class LEnSF:
             raise ValueError(f"filter.rtpp: must be in [0, 1], got {self.rtpp}")
         if not self.white >= 0:
             raise ValueError(f"filter.white: must be ≥ 0, got {self.white}")
+        if self.mda < 1:
+            raise ValueError(f"filter.mda: must be ≥ 1, got {self.mda}")
         if self.desroziers < 0:
             raise ValueError(f"filter.desroziers: must be ≥ 0, got {self.desroziers}")
         if self.desroziers and not self.adaptive_white:
@@ -141,9 +144,11 @@ class LEnSF:
 
         With ``comm`` (R ranks, ``shard=state``) every rank passes the full prior and all
         observations and computes the local sums (FFTs, cheap); rank r does the local analyses of
-        block r of the grid positions (the eigh and the transport, the cost) on ``device``; rank 0
-        gathers them, adds the white part and post-processes, the others return None. Each local
-        analysis is the same computation on any split, so R ranks give one rank's result."""
+        block r of the grid positions (the eigh and the transport, the cost) on ``device``; the
+        blocks are summed over the ranks (``ensemble_analysis``), then rank 0 adds the white part and
+        post-processes, the others return None. Each local analysis is the same computation on any
+        split, so R ranks give one rank's result. ``mda`` > 1: that many ensemble-space passes in
+        turn (the LETKF's multiple data assimilation) before the white part."""
         if self.localiser is None:
             raise ValueError("filter=lensf: no localiser (LEnSF.from_config(filter, grid) builds it)")
         R, rank = (1, 0) if comm is None else (comm.size, comm.rank)
@@ -162,28 +167,49 @@ class LEnSF:
         diagnostics = {"inflation": inflation, "white": white}
         if not observed:
             return Analysis(prior.clone() if rank == 0 else None, diagnostics)
-        mean, U, sums, x = self.localiser.ensemble_space(
-            prior, y, operator, self.sigma(prior, operator, white)
-        )
-        if self.bandwidth == 1.0 and self.start == "members":  # the transport's closed form
+        rotation = self.rotation(M - 1, generator) if self.start == "rotated" else None
+        analysis = prior
+        for _ in range(self.mda):
+            analysis = self.ensemble_analysis(analysis, y, operator, white, rotation, comm)
+        if rank != 0:
+            return Analysis(None, diagnostics)
+        if white > 0:
+            analysis = analysis + self.white_part(analysis, y, operator, white, generator)
+        return Analysis(processing.after(analysis, prior, operator), diagnostics)
+
+    def ensemble_analysis(
+        self,
+        prior: torch.Tensor,
+        y: torch.Tensor,
+        operator: ObservationOperator,
+        white: float,
+        rotation: torch.Tensor | None,
+        comm: Collective | None,
+    ) -> torch.Tensor:
+        """One pass of the local analyses in ensemble space [M, d], every rank getting all of it: the
+        observation errors σ_j (``sigma``) × √mda, h linearised over ``prior``; the members start from
+        their own ũ_m, or from ũ_m ``rotation``. With ``comm``, rank r analyses block r of the grid
+        positions and the blocks are summed over the ranks (zeros elsewhere: exact)."""
+        M, d = prior.shape
+        R, rank = (1, 0) if comm is None else (comm.size, comm.rank)
+        sigma = self.sigma(prior, operator, white)
+        if self.mda > 1:
+            sigma = math.sqrt(self.mda) * (torch.full_like(y, operator.sigma) if sigma is None else sigma)
+        mean, U, sums, x = self.localiser.ensemble_space(prior, y, operator, sigma)
+        if self.bandwidth == 1.0 and rotation is None:  # the transport's closed form
             analyse = functools.partial(self.square_root, U=U)
         else:
             members = math.sqrt(M - 1) * U.double()  # ũ_m [M, K]
-            starts = (
-                members @ self.rotation(M - 1, generator).to(members) if self.start == "rotated" else members
-            )
+            starts = members if rotation is None else members @ rotation.to(members)
             analyse = functools.partial(self.transport, members=members, starts=starts)
         G = sums.shape[-1]  # H·W positions (1: global)
         positions = block(G, R, rank)
         out = self.localiser.local_analyses(sums, x, analyse, positions)  # [M, C, G_r]
         if R > 1:
-            out = comm.gather(out, dim=2)
-            if out is None:
-                return Analysis(None, diagnostics)
-        analysis = (mean + out.to(device).reshape(M, d)).to(prior.dtype)
-        if white > 0:
-            analysis = analysis + self.white_part(analysis, y, operator, white, generator)
-        return Analysis(processing.after(analysis, prior, operator), diagnostics)
+            full = out.new_zeros(*out.shape[:2], G)
+            full[..., positions] = out
+            out = comm.allreduce(full)
+        return (mean + out.to(prior.device).reshape(M, d)).to(prior.dtype)
 
     @staticmethod
     def sigma(prior: torch.Tensor, operator: ObservationOperator, white: float) -> torch.Tensor | None:
