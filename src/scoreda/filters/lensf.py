@@ -56,11 +56,11 @@ from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
-from scoreda.filters import CONSTRUCTED, Analysis, Capabilities, check_common, config_keys
+from scoreda.filters import CONSTRUCTED, Analysis, Capabilities, check_common, config_keys, pointwise
 from scoreda.filters.letkf import LETKF
 from scoreda.filters.processing import Processing, innovation_white, observed_slope2, white_fit
 from scoreda.filters.sharding import Collective, block
-from scoreda.observations import ObservationOperator
+from scoreda.observations import ObservationOperator, PointObservation
 from scoreda.seeding import counter_normal, noise_key
 
 if TYPE_CHECKING:
@@ -68,6 +68,7 @@ if TYPE_CHECKING:
 
 
 STARTS = ("members", "rotated")
+LIKELIHOODS = ("ensemble", "pointwise")
 
 
 @dataclass
@@ -88,6 +89,9 @@ class LEnSF:
     adaptive_white: bool = False  # σ_w² = max(white, innovation_white(prior, y)) each analysis
     desroziers: int = 0  # then this many residual updates of σ_w² (``residual_white``)
     mda: int = 1  # ensemble-space analyses in turn, each with σ_j √mda, h relinearised (as the LETKF's)
+    # a nonlinear h in the ensemble-space part: "ensemble" (linearised over the members, as the LETKF)
+    # | "pointwise" (Gaussian pseudo-observations from each point's exact posterior)
+    likelihood: str = "ensemble"
     localiser: LETKF | None = field(default=None, metadata=CONSTRUCTED)  # the local analyses' geometry
     capabilities: ClassVar[Capabilities] = Capabilities(shards=("state",))  # blocks of grid positions
 
@@ -107,6 +111,10 @@ class LEnSF:
             raise ValueError(f"filter.rtpp: must be in [0, 1], got {self.rtpp}")
         if not self.white >= 0:
             raise ValueError(f"filter.white: must be ≥ 0, got {self.white}")
+        if self.likelihood not in LIKELIHOODS:
+            raise ValueError(
+                f"filter.likelihood: expected {' or '.join(LIKELIHOODS)}, got {self.likelihood!r}"
+            )
         if self.mda < 1:
             raise ValueError(f"filter.mda: must be ≥ 1, got {self.mda}")
         if self.desroziers < 0:
@@ -168,9 +176,13 @@ class LEnSF:
         if not observed:
             return Analysis(prior.clone() if rank == 0 else None, diagnostics)
         rotation = self.rotation(M - 1, generator) if self.start == "rotated" else None
+        y_smooth, op_smooth, base = y, operator, None
+        if self.likelihood == "pointwise" and not operator.linear:
+            y_smooth, base = pointwise.pseudo_observations(prior, y, operator, white)
+            op_smooth = PointObservation(operator.indices, sigma=operator.sigma, d=d)
         analysis = prior
         for _ in range(self.mda):
-            analysis = self.ensemble_analysis(analysis, y, operator, white, rotation, comm)
+            analysis = self.ensemble_analysis(analysis, y_smooth, op_smooth, white, rotation, comm, base)
         if rank != 0:
             return Analysis(None, diagnostics)
         if white > 0:
@@ -185,14 +197,16 @@ class LEnSF:
         white: float,
         rotation: torch.Tensor | None,
         comm: Collective | None,
+        base: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """One pass of the local analyses in ensemble space [M, d], every rank getting all of it: the
         observation errors σ_j (``sigma``) × √mda, h linearised over ``prior``; the members start from
-        their own ũ_m, or from ũ_m ``rotation``. With ``comm``, rank r analyses block r of the grid
+        their own ũ_m, or from ũ_m ``rotation``. ``base`` [p]: the observations' error stds in place
+        of σo (pseudo-observations). With ``comm``, rank r analyses block r of the grid
         positions and the blocks are summed over the ranks (zeros elsewhere: exact)."""
         M, d = prior.shape
         R, rank = (1, 0) if comm is None else (comm.size, comm.rank)
-        sigma = self.sigma(prior, operator, white)
+        sigma = self.sigma(prior, operator, white, base)
         if self.mda > 1:
             sigma = math.sqrt(self.mda) * (torch.full_like(y, operator.sigma) if sigma is None else sigma)
         mean, U, sums, x = self.localiser.ensemble_space(prior, y, operator, sigma)
@@ -212,12 +226,15 @@ class LEnSF:
         return (mean + out.to(prior.device).reshape(M, d)).to(prior.dtype)
 
     @staticmethod
-    def sigma(prior: torch.Tensor, operator: ObservationOperator, white: float) -> torch.Tensor | None:
+    def sigma(
+        prior: torch.Tensor, operator: ObservationOperator, white: float, base: torch.Tensor | None = None
+    ) -> torch.Tensor | None:
         """σ_j [p] of the ensemble-space analysis with the white part integrated out:
-        σ_j² = σo² + g'_j² σ_w² (None, i.e. σo, when σ_w² = 0)."""
+        σ_j² = σ_b,j² + g'_j² σ_w², σ_b = ``base`` [p] or σo (None, i.e. σo, when both are default)."""
         if white == 0:
-            return None
-        return (operator.sigma**2 + white * observed_slope2(prior, operator)).sqrt()
+            return base
+        b2 = operator.sigma**2 if base is None else base.to(prior).square()
+        return (b2 + white * observed_slope2(prior, operator)).sqrt()
 
     def residual_white(
         self, prior: torch.Tensor, y: torch.Tensor, operator: ObservationOperator, white: float
@@ -264,7 +281,7 @@ class LEnSF:
 
         For a linear h this is N(ν_i (y_i − x_m,i) / σo², ν_i), 1/ν_i = 1/σ_w² + 1/σo² (ν_i = σ_w²,
         mean 0 where unobserved), drawn as mean + √ν_i ξ; for a nonlinear g, the ξ-quantile of the
-        exact density (``white_quantiles``). With ancestral sampling the pair (x_m + e_m) samples the
+        exact density (``pointwise.quantiles``). With ancestral sampling the pair (x_m + e_m) samples the
         joint posterior. The noise ξ [M, d] is ``counter_normal`` of ``generator``'s seed, centred
         over members and scaled to unit variance at each point (for a linear h the white part's
         ensemble mean and spread are then exact)."""
@@ -273,65 +290,9 @@ class LEnSF:
         xi = xi - xi.mean(0)
         xi = xi / xi.std(0).clamp_min(torch.finfo(xi.dtype).tiny)
         if not operator.linear:
-            return LEnSF.white_quantiles(smooth, y, operator, white, xi)
+            return pointwise.quantiles(smooth, math.sqrt(white), y, operator, xi)
         precision = 1.0 / white + operator.curvature(smooth)
         return (operator.likelihood_score(smooth, y) + xi * precision.sqrt()) / precision
-
-    #: nodes of the two passes of ``white_quantiles``: a coarse grid over ±10 σ_w, then a fine one
-    QUANTILE_NODES: ClassVar[tuple[int, int]] = (81, 129)
-
-    @staticmethod
-    def white_quantiles(
-        smooth: torch.Tensor, y: torch.Tensor, operator: ObservationOperator, white: float, xi: torch.Tensor
-    ) -> torch.Tensor:
-        """The Φ(ξ)-quantiles e [M, d] of the exact 1-D densities p(e_i | x_m) of ``white_part`` (any
-        pointwise h), by inverse CDF on nodes, for all members and points at once: log p on 81 nodes
-        over e ∈ ±10 σ_w; then 129 nodes spanning the coarse nodes within 30 of the maximum (and one
-        more either side), where the density, taken linear in each interval, is integrated and inverted
-        exactly. A likelihood narrower than the coarse spacing (σ_w/4) is still found: the nearest node
-        is within half a spacing of its peak. Chunks of members bound the memory. For a linear h the
-        quantiles are within 0.4 % of the posterior std of the closed form (``tests/test_lensf.py``)."""
-        M, d = smooth.shape
-        q1, q2 = LEnSF.QUANTILE_NODES
-        x = smooth
-        idx = operator.indices.to(x.device)
-        yd = y.to(x)
-        sw = math.sqrt(white)
-        u = 0.5 * torch.special.erfc(-xi / math.sqrt(2.0))  # Φ(ξ)
-
-        def log_density(xm: torch.Tensor, e: torch.Tensor) -> torch.Tensor:  # [m, d], [m, Q, d] -> [m, Q, d]
-            r = (yd - operator(xm[:, None, :] + e)) / operator.sigma  # [m, Q, p]
-            loglik = e.new_zeros(e.shape).index_add_(2, idx, -0.5 * r * r)
-            return loglik - 0.5 * (e / sw) ** 2
-
-        out = torch.empty_like(x)
-        step = max(1, (1 << 22) // (max(q1, q2) * d))
-        coarse = torch.linspace(-10.0 * sw, 10.0 * sw, q1, dtype=x.dtype, device=x.device)
-        for m0 in range(0, M, step):
-            xm = x[m0 : m0 + step]
-            lp = log_density(xm, coarse[None, :, None].expand(len(xm), q1, d))  # [m, q1, d]
-            keep = lp >= lp.amax(1, keepdim=True) - 30.0
-            k = torch.arange(q1, device=x.device)[None, :, None]
-            lo = torch.where(keep, k, q1).amin(1).sub(1).clamp_min(0)  # [m, d]
-            hi = torch.where(keep, k, -1).amax(1).add(1).clamp_max(q1 - 1)
-            t = torch.linspace(0.0, 1.0, q2, dtype=x.dtype, device=x.device)[None, :, None]
-            e = coarse[lo][:, None] + t * (coarse[hi] - coarse[lo])[:, None]  # [m, q2, d]
-            lp = log_density(xm, e)
-            p = (lp - lp.amax(1, keepdim=True)).exp()
-            cdf = torch.cat(
-                [p.new_zeros(p[:, :1].shape), (0.5 * (p[:, 1:] + p[:, :-1]) * e.diff(dim=1)).cumsum(1)], 1
-            )
-            cdf, p, e = (v.transpose(1, 2).contiguous() for v in (cdf, p, e))  # [m, d, q2]
-            target = (u[m0 : m0 + step] * cdf[..., -1])[..., None]  # [m, d, 1]
-            j = torch.searchsorted(cdf, target).clamp(1, q2 - 1)
-            c0, p0, p1, e0 = cdf.gather(2, j - 1), p.gather(2, j - 1), p.gather(2, j), e.gather(2, j - 1)
-            h = e.gather(2, j) - e0
-            # the density linear from p0 to p1 over the interval: c0 + h (p0 s + (p1 − p0) s² / 2) = target
-            rate = (target - c0).clamp_min(0.0) / h
-            root = (p0 * p0 + 2.0 * (p1 - p0) * rate).clamp_min(0.0).sqrt()
-            frac = (2.0 * rate / (p0 + root).clamp_min(torch.finfo(x.dtype).tiny)).clamp(0.0, 1.0)
-            out[m0 : m0 + step] = (e0 + frac * h).squeeze(-1)
-        return out.to(smooth.dtype)
 
     @staticmethod
     def rotation(K: int, generator: torch.Generator | None) -> torch.Tensor:
