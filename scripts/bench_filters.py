@@ -60,7 +60,7 @@ LENSF_SETTINGS = (  # filter keys; "transform": the observations' (linear unless
     {"adaptive_white": False},
     {"adaptive_white": True},
     {"adaptive_white": True, "desroziers": 1},
-    {"adaptive_white": True, "desroziers": 1, "transform": "arctan"},
+    {"adaptive_white": True, "likelihood": "pointwise", "transform": "arctan"},
     {"bandwidth": 0.8, "start": "rotated", "n_steps": 10},
 )
 

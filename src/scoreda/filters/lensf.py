@@ -39,9 +39,16 @@ prior gets a second, full-rank part: x = x̄ + Xbᵀ U ũ/√K + e, e_i ~ N(0, �
 point. Integrating e out of the observations leaves the ensemble-space analysis above with
 σ_j² = σo² + g'_j² σ_w² (g'_j the slope of h at the forecast mean), which is the exact marginal of
 ũ (up to localisation, and for a point observed once); then each member draws its e from the
-conditional given its analysed ũ and the point's own observations (``white_part``). σ_w² = 0 is the
-filter without it, exactly; ``adaptive_white`` estimates σ_w² from the innovations each analysis
-(``processing.innovation_white``; ``white`` is then its floor).
+conditional given its analysed ũ and the point's own observations (``white_part``; exact for a
+nonlinear h, ``pointwise.quantiles``). σ_w² = 0 is the filter without it, exactly;
+``adaptive_white`` estimates σ_w² from the innovations each analysis (``processing.innovation_white``;
+``white`` is then its floor), and ``desroziers`` updates it from the analysis residuals
+(``residual_white``).
+
+Nonlinear h (``likelihood``): ``ensemble`` linearises h over the members (the LETKF's Yb);
+``pointwise`` replaces each observation by the linear Gaussian pseudo-observation that gives the
+point's exact posterior mean and variance under N(x̄_i, s_i² + σ_w²) (``pointwise.pseudo_observations``).
+``mda`` > 1: that many ensemble-space passes with σ √mda, h relinearised each time.
 
 MPI (``shard=state``): the local analyses split over ranks by blocks of grid positions (``analyse``).
 Inflation, RTPP and RTPS: ``filters.processing``.
