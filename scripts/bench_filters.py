@@ -58,10 +58,10 @@ LETKF_CFG = {"name": "letkf", "cutoff": 2000.0, "cross_level": 1.0, "rtps": 0.3}
 #: the LEnSF rows: one Gaussian (the closed form), with the white part, a mixture through the ODE
 LENSF_SETTINGS = (  # filter keys; "transform": the observations' (linear unless given)
     {"adaptive_white": False},
-    {"adaptive_white": True},
+    {"adaptive_white": True, "desroziers": 0},
     {"adaptive_white": True, "desroziers": 1},
-    {"adaptive_white": True, "likelihood": "pointwise", "transform": "arctan"},
-    {"bandwidth": 0.8, "start": "rotated", "n_steps": 10},
+    {"adaptive_white": True, "desroziers": 1, "likelihood": "pointwise", "transform": "arctan"},
+    {"adaptive_white": False, "bandwidth": 0.8, "start": "rotated", "n_steps": 10},
 )
 
 

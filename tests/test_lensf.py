@@ -14,6 +14,7 @@ from scoreda.filters.letkf import LETKF
 from scoreda.observations import PointObservation
 
 GEOMETRY = dict(cutoff=3.0, dx=1.0, domain=(8.0, 8.0))
+ENSEMBLE = dict(adaptive_white=False)  # the ensemble-space part alone (the defaults add the white part)
 
 
 @pytest.mark.parametrize("transform", ["linear", "arctan"])
@@ -26,7 +27,7 @@ def test_one_gaussian_is_the_letkf_member_for_member(transform, cross_level, n_s
     keys = dict(rtps=0.2, rtpp=0.3, inflation=1.1, mda=mda)
     want = LETKF(**GEOMETRY, cross_level=cross_level, **keys).analyse(prior, y, op).ensemble
     localiser = LETKF(**GEOMETRY, cross_level=cross_level)  # its geometry only
-    got = LEnSF(n_steps=n_steps, localiser=localiser, **keys).analyse(prior, y, op).ensemble
+    got = LEnSF(n_steps=n_steps, localiser=localiser, **keys, **ENSEMBLE).analyse(prior, y, op).ensemble
     torch.testing.assert_close(got, want, rtol=0, atol=1e-9)
 
 
@@ -35,7 +36,7 @@ def test_the_transport_at_one_gaussian_is_the_square_root(start):
     """The probability-flow ODE (used for b² < 1) against the closed form ``analyse`` takes at b² = 1
     from the members' own starts: member for member, or with the members mixed by the rotation."""
     prior, y, op = _case((2, 8, 8), M=10, every=2, transform="linear", seed=4)
-    filt = LEnSF(localiser=LETKF(**GEOMETRY), n_steps=3)
+    filt = LEnSF(localiser=LETKF(**GEOMETRY), n_steps=3, **ENSEMBLE)
     mean, U, sums, x = filt.localiser.ensemble_space(prior, y, op)
     s, xb = sums[:, 0].T, x[0]
     members = 3.0 * U  # √K U, K = 9
@@ -67,7 +68,7 @@ def test_the_white_part_gives_the_exact_posterior_of_the_hybrid_prior(every):
     exact in expectation: each entry within 4.5 standard errors of a sample covariance of 2000
     draws, ((Σ_ii Σ_jj + Σ_ij²)/M)^½ (measured with noise seeds 0–7: at most 3.05)."""
     prior, y, op = _case((1, 4, 4), M=2000, every=every, transform="linear", seed=6)
-    filt = LEnSF(white=2.5, rtps=0.0, localiser=LETKF(cutoff=None, rtps=0.0))
+    filt = LEnSF(white=2.5, rtps=0.0, localiser=LETKF(cutoff=None, rtps=0.0), **ENSEMBLE)
     got = filt.analyse(prior, y, op, torch.Generator().manual_seed(0))
     mean, cov = _kalman(prior, y, op, 2.5)
     torch.testing.assert_close(got.ensemble.mean(0), mean, rtol=0, atol=1e-10)
@@ -75,7 +76,7 @@ def test_the_white_part_gives_the_exact_posterior_of_the_hybrid_prior(every):
     standard_error = ((var[:, None] * var[None, :] + cov**2) / len(prior)).sqrt()
     assert float(((got.ensemble.T.cov() - cov) / standard_error).abs().max()) < 4.5
     assert got.diagnostics["white"] == 2.5
-    none = LEnSF(rtps=0.0, localiser=LETKF(cutoff=None, rtps=0.0)).analyse(prior, y, op)
+    none = LEnSF(rtps=0.0, localiser=LETKF(cutoff=None, rtps=0.0), **ENSEMBLE).analyse(prior, y, op)
     assert (none.ensemble.mean(0) - mean).abs().max() > 0.1  # without it: the ensemble's posterior
 
 
@@ -89,7 +90,7 @@ def test_adaptive_white_finds_a_shock_and_corrects_it():
     truth = prior.mean(0) + 3.0 * torch.randn(prior.shape[1], generator=g, dtype=torch.float64)
     y = op.sample(truth, g)
     letkf = LETKF(cutoff=6.0, dx=1.0, domain=(32.0, 32.0), rtps=0.0)
-    got = LEnSF(adaptive_white=True, rtps=0.0, localiser=letkf).analyse(prior, y, op, g)
+    got = LEnSF(adaptive_white=True, desroziers=0, rtps=0.0, localiser=letkf).analyse(prior, y, op, g)
     assert got.diagnostics["white"] == pytest.approx(8.0, abs=1.5)
     rmse = float((got.ensemble.mean(0) - truth).square().mean().sqrt())
     base = float((letkf.analyse(prior, y, op).ensemble.mean(0) - truth).square().mean().sqrt())
@@ -205,7 +206,7 @@ def test_pointwise_likelihood_gives_the_exact_posterior_of_an_arctan_observation
     sd = float((p * (grid - mean) ** 2).sum().sqrt())
 
     def analysis(likelihood):
-        filt = LEnSF(likelihood=likelihood, rtps=0.0, localiser=LETKF(cutoff=None, rtps=0.0))
+        filt = LEnSF(likelihood=likelihood, rtps=0.0, localiser=LETKF(cutoff=None, rtps=0.0), **ENSEMBLE)
         return filt.analyse(x, y, op).ensemble
 
     got, linearised = analysis("pointwise"), analysis("ensemble")
@@ -218,7 +219,7 @@ def test_pointwise_likelihood_gives_the_exact_posterior_of_an_arctan_observation
 def test_rotated_starts_keep_the_letkf_mean_and_covariance():
     prior, y, op = _case((2, 8, 8), M=10, every=2, transform="linear", seed=5)
     want = LETKF(**GEOMETRY, rtps=0.0).analyse(prior, y, op).ensemble
-    filt = LEnSF(start="rotated", localiser=LETKF(**GEOMETRY, rtps=0.0), rtps=0.0)
+    filt = LEnSF(start="rotated", localiser=LETKF(**GEOMETRY, rtps=0.0), rtps=0.0, **ENSEMBLE)
     got = filt.analyse(prior, y, op, torch.Generator().manual_seed(2)).ensemble
     assert (got - want).abs().max() > 0.1  # other members
     torch.testing.assert_close(got.mean(0), want.mean(0), rtol=0, atol=1e-9)
@@ -258,11 +259,13 @@ def test_a_mixture_prior_samples_its_exact_posterior_from_rotated_starts(b2):
     prior, y, op = _bimodal()
     mean, sd = _exact(prior, y, op.sigma, b2)
     letkf = LETKF(cutoff=None, rtps=0.0)
-    filt = LEnSF(bandwidth=b2, n_steps=40, start="rotated", rtps=0.0, localiser=letkf)
+    filt = LEnSF(bandwidth=b2, n_steps=40, start="rotated", rtps=0.0, localiser=letkf, **ENSEMBLE)
     got = filt.analyse(prior, y, op, torch.Generator().manual_seed(1)).ensemble[:, 0]
     assert float(got.mean()) == pytest.approx(mean, abs=0.02)
     assert float(got.std()) == pytest.approx(sd, abs=0.03)
-    own = LEnSF(bandwidth=b2, n_steps=40, rtps=0.0, localiser=letkf).analyse(prior, y, op).ensemble
+    own = (
+        LEnSF(bandwidth=b2, n_steps=40, rtps=0.0, localiser=letkf, **ENSEMBLE).analyse(prior, y, op).ensemble
+    )
     assert abs(float(own.mean()) - mean) > 0.15
     assert abs(float(letkf.analyse(prior, y, op).ensemble.mean()) - mean) > 0.08
 
@@ -272,6 +275,9 @@ def test_bad_keys_are_one_line_errors():
         LEnSF(bandwidth=0.0)
     with pytest.raises(ValueError, match=r"^filter\.start: expected members or rotated"):
         LEnSF(start="noise")
+    assert LEnSF(cutoff=None).cutoff == math.inf  # null: global, as the LETKF's
+    with pytest.raises(ValueError, match=r"^filter\.cutoff: must be positive"):
+        LEnSF(cutoff=0.0)
     with pytest.raises(ValueError, match=r"^filter\.white: must be ≥ 0"):
         LEnSF(white=-1.0)
     with pytest.raises(ValueError, match=r"^filter\.likelihood: expected ensemble or pointwise"):

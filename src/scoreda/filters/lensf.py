@@ -86,7 +86,7 @@ class LEnSF:
     bandwidth: float = 1.0  # b²: variance of each member's kernel, share of the prior's (1: the LETKF)
     n_steps: int = 10  # probability-flow steps from t = 1 to 0
     start: str = "members"  # where member m starts: "members" (its own ũ_m) | "rotated" (R ũ_m, R random)
-    cutoff: float = 2000.0  # distance where the Gaspari–Cohn taper reaches zero (grid length units)
+    cutoff: float | None = 2000.0  # distance where the Gaspari–Cohn taper reaches zero; inf / None: global
     cross_level: float = 1.0  # factor on the weight of observations on another level
     inflation: float = 1.0  # multiplicative, on the forecast anomalies
     adaptive_inflation: bool = False  # × innovation_inflation(prior, y) (≥ 1), after ``inflation``
@@ -109,8 +109,9 @@ class LEnSF:
             raise ValueError(f"filter.n_steps: must be ≥ 1, got {self.n_steps}")
         if self.start not in STARTS:
             raise ValueError(f"filter.start: expected {' or '.join(STARTS)}, got {self.start!r}")
+        self.cutoff = math.inf if self.cutoff is None else float(self.cutoff)
         if not self.cutoff > 0:
-            raise ValueError(f"filter.cutoff: must be positive (.inf: global), got {self.cutoff}")
+            raise ValueError(f"filter.cutoff: must be positive (.inf or null: global), got {self.cutoff}")
         if not self.cross_level >= 0:
             raise ValueError(f"filter.cross_level: must be ≥ 0, got {self.cross_level}")
         check_common(self)
