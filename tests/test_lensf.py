@@ -11,6 +11,7 @@ from test_letkf import _case
 from scoreda.filters import pointwise
 from scoreda.filters.lensf import LEnSF
 from scoreda.filters.letkf import LETKF
+from scoreda.filters.processing import innovation_white
 from scoreda.observations import PointObservation
 
 GEOMETRY = dict(cutoff=3.0, dx=1.0, domain=(8.0, 8.0))
@@ -130,6 +131,33 @@ def test_residual_white_sees_an_error_the_ensemble_spread_hides():
     assert residual.diagnostics["white"] == pytest.approx(9.0, abs=1.5)
     assert rmse(residual) < 0.72
     assert run(4).diagnostics["white"] == pytest.approx(run(8).diagnostics["white"], abs=1e-3)
+
+
+def test_sigma_w_is_estimated_per_state_variable_and_zero_where_unobserved():
+    """Three state variables on a 16² grid, the first two observed: a white error of variance 9 on
+    the first only. The innovations give σ_w² ≈ [8.3, 0, 0] (9 and the forecast mean's bias 0.5²,
+    less the ensemble's own variance 1; 256 observations: ± 0.9; measured [9.6, 0, 0]). The third
+    variable, without observations and in other units (1e-6), gets no white part: its members are
+    the ensemble-space analysis's. The first is corrected to near the per-point bound 0.68
+    (measured 0.672) while the LETKF keeps the error (2.29)."""
+    g = torch.Generator().manual_seed(7)
+    prior, _, _ = _case((3, 16, 16), M=20, every=1, transform="linear", seed=7)
+    prior[:, 512:] *= 1e-6
+    op = PointObservation(torch.arange(512), sigma=0.7, d=768)
+    truth = prior.mean(0).clone()
+    truth[:256] += 3.0 * torch.randn(256, generator=g, dtype=torch.float64)
+    y = op.sample(truth, g)
+    groups = op.indices // 256
+    white = innovation_white(prior, y, op, groups, 3)
+    assert 6.5 < float(white[0]) < 10.5 and float(white[1]) < 0.5 and float(white[2]) == 0
+    letkf = LETKF(cutoff=6.0, dx=1.0, domain=(16.0, 16.0), rtps=0.0)
+    filt = LEnSF(adaptive_white=True, desroziers=0, rtps=0.0, localiser=letkf)
+    got = filt.analyse(prior, y, op, g).ensemble
+    smooth = filt.ensemble_analysis(prior, y, op, white[groups], None, None)
+    torch.testing.assert_close(got[:, 512:], smooth[:, 512:], rtol=0, atol=0)
+    rmse = float((got.mean(0)[:256] - truth[:256]).square().mean().sqrt())
+    base = float((letkf.analyse(prior, y, op).ensemble.mean(0)[:256] - truth[:256]).square().mean().sqrt())
+    assert rmse < 0.8 and base > 1.5
 
 
 def test_pointwise_quantiles_match_the_gaussian_white_part_for_a_linear_h():

@@ -173,28 +173,34 @@ class LEnSF:
         y = y.to(device)
         prior, inflation = processing.before(prior.to(device), y, operator)
         M, d = prior.shape
-        self.localiser.grid(d)  # the state fits the grid
-        observed = operator.indices.numel() > 0
-        white = self.white
-        if self.adaptive_white and observed:
-            white = max(white, innovation_white(prior, y, operator))
+        C, H, W = self.localiser.grid(d)  # the state fits the grid
+        groups = operator.indices.to(device) // (H * W)  # the state variable of each observation [p]
+        seen = torch.zeros(C, dtype=torch.bool, device=device).index_fill_(0, groups, True)
+        white = torch.where(seen, self.white, 0.0).double()  # σ_w² of each state variable [C]
+        if self.adaptive_white and bool(seen.any()):
+            white = torch.maximum(white, innovation_white(prior, y, operator, groups, C).double())
             for _ in range(self.desroziers):
-                white = max(self.white, self.residual_white(prior, y, operator, white))
-        diagnostics = {"inflation": inflation, "white": white}
-        if not observed:
+                white = torch.maximum(white, self.residual_white(prior, y, operator, white, groups))
+            white = torch.where(seen, white, 0.0)
+        diagnostics = {
+            "inflation": inflation,
+            "white": float(white[seen].mean()) if bool(seen.any()) else 0.0,
+        }
+        if not bool(seen.any()):
             return Analysis(prior.clone() if rank == 0 else None, diagnostics)
+        white_obs, white_state = white[groups].to(prior), white.repeat_interleave(H * W).to(prior)  # [p], [d]
         rotation = self.rotation(M - 1, generator) if self.start == "rotated" else None
         y_smooth, op_smooth, base = y, operator, None
         if self.likelihood == "pointwise" and not operator.linear:
-            y_smooth, base = pointwise.pseudo_observations(prior, y, operator, white)
+            y_smooth, base = pointwise.pseudo_observations(prior, y, operator, white_state)
             op_smooth = PointObservation(operator.indices, sigma=operator.sigma, d=d)
         analysis = prior
         for _ in range(self.mda):
-            analysis = self.ensemble_analysis(analysis, y_smooth, op_smooth, white, rotation, comm, base)
+            analysis = self.ensemble_analysis(analysis, y_smooth, op_smooth, white_obs, rotation, comm, base)
         if rank != 0:
             return Analysis(None, diagnostics)
-        if white > 0:
-            analysis = analysis + self.white_part(analysis, y, operator, white, generator)
+        if bool((white > 0).any()):
+            analysis = analysis + self.white_part(analysis, y, operator, white_state, generator)
         return Analysis(processing.after(analysis, prior, operator), diagnostics)
 
     def ensemble_analysis(
@@ -202,16 +208,17 @@ class LEnSF:
         prior: torch.Tensor,
         y: torch.Tensor,
         operator: ObservationOperator,
-        white: float,
+        white: torch.Tensor,
         rotation: torch.Tensor | None,
         comm: Collective | None,
         base: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """One pass of the local analyses in ensemble space [M, d], every rank getting all of it: the
-        observation errors σ_j (``sigma``) × √mda, h linearised over ``prior``; the members start from
-        their own ũ_m, or from ũ_m ``rotation``. ``base`` [p]: the observations' error stds in place
-        of σo (pseudo-observations). With ``comm``, rank r analyses block r of the grid
-        positions and the blocks are summed over the ranks (zeros elsewhere: exact)."""
+        observation errors σ_j (``sigma``; ``white`` [p] the σ_w² at each observation) × √mda, h
+        linearised over ``prior``; the members start from their own ũ_m, or from ũ_m ``rotation``.
+        ``base`` [p]: the observations' error stds in place of σo (pseudo-observations). With
+        ``comm``, rank r analyses block r of the grid positions and the blocks are summed over the
+        ranks (zeros elsewhere: exact)."""
         M, d = prior.shape
         R, rank = (1, 0) if comm is None else (comm.size, comm.rank)
         sigma = self.sigma(prior, operator, white, base)
@@ -235,35 +242,46 @@ class LEnSF:
 
     @staticmethod
     def sigma(
-        prior: torch.Tensor, operator: ObservationOperator, white: float, base: torch.Tensor | None = None
+        prior: torch.Tensor,
+        operator: ObservationOperator,
+        white: torch.Tensor,
+        base: torch.Tensor | None = None,
     ) -> torch.Tensor | None:
         """σ_j [p] of the ensemble-space analysis with the white part integrated out:
-        σ_j² = σ_b,j² + g'_j² σ_w², σ_b = ``base`` [p] or σo (None, i.e. σo, when both are default)."""
-        if white == 0:
+        σ_j² = σ_b,j² + g'_j² σ_w,j² (``white`` [p]), σ_b = ``base`` [p] or σo (None, i.e. σo,
+        when both are zero or default)."""
+        if not bool((white > 0).any()):
             return base
         b2 = operator.sigma**2 if base is None else base.to(prior).square()
-        return (b2 + white * observed_slope2(prior, operator)).sqrt()
+        return (b2 + white.to(prior) * observed_slope2(prior, operator)).sqrt()
 
     def residual_white(
-        self, prior: torch.Tensor, y: torch.Tensor, operator: ObservationOperator, white: float
-    ) -> float:
-        """σ_w² from the residuals of the ensemble-space analysis mean (Desroziers et al. 2005): for
-        an analysis that takes σ_j² = σo² + g'_j² σ_w² as its observation error,
-        E[d_a,j d_b,j] = σo² + g'_j² σ_w², with d_b = y − mean_m h(x_m) and d_a the same after the
-        analysis increment of the mean; σ_w² is fitted to these by least squares (``white_fit``),
-        from the analysis with the current ``white``. Unlike ``innovation_white`` it does not subtract the
-        ensemble variance: the part of the innovation the ensemble's span explains is taken out by
-        the analysis itself, so spread outside the local span does not hide the error. Every rank
+        self,
+        prior: torch.Tensor,
+        y: torch.Tensor,
+        operator: ObservationOperator,
+        white: torch.Tensor,
+        groups: torch.Tensor,
+    ) -> torch.Tensor:
+        """σ_w² [C] of each state variable from the residuals of the ensemble-space analysis mean
+        (Desroziers et al. 2005): for an analysis that takes σ_j² = σo² + g'_j² σ_w² as its
+        observation error, E[d_a,j d_b,j] = σo² + g'_j² σ_w², with d_b = y − mean_m h(x_m) and d_a
+        the same after the analysis increment of the mean; σ_w² is fitted to these by least squares
+        over each variable's observations (``groups`` [p]; ``white_fit``), from the analysis with the
+        current ``white`` [C]. Unlike ``innovation_white`` it does not subtract the ensemble
+        variance: the part of the innovation the ensemble's span explains is taken out by the
+        analysis itself, so spread outside the local span does not hide the error. Every rank
         computes it over all positions (one Cholesky per local analysis)."""
         M, d = prior.shape
-        mean, _, sums, x = self.localiser.ensemble_space(
-            prior, y, operator, self.sigma(prior, operator, white)
-        )
+        sigma = self.sigma(prior, operator, white[groups])
+        mean, _, sums, x = self.localiser.ensemble_space(prior, y, operator, sigma)
         increment = self.localiser.local_analyses(sums, x, functools.partial(LETKF.mean_increment, M=M))
         posterior = prior + increment[0].reshape(1, d).to(prior)
         d_b = y.to(prior) - operator(prior).mean(0)
         d_a = y.to(prior) - operator(posterior).mean(0)
-        return white_fit(d_a * d_b, observed_slope2(prior, operator), operator.sigma)
+        return white_fit(
+            d_a * d_b, observed_slope2(prior, operator), operator.sigma, groups, len(white)
+        ).double()
 
     @staticmethod
     def square_root(s: torch.Tensor, xb: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
@@ -278,29 +296,35 @@ class LEnSF:
         smooth: torch.Tensor,
         y: torch.Tensor,
         operator: ObservationOperator,
-        white: float,
+        white: torch.Tensor | float,
         generator: torch.Generator | None,
     ) -> torch.Tensor:
         """Each member's per-point white part e [M, d] given its analysis ``smooth`` [M, d] (the
-        ensemble-space analysis with the white part integrated out): the prior e_i ~ N(0, σ_w²),
-        independent per state point, conditioned on the point's own observations,
+        ensemble-space analysis with the white part integrated out): the prior e_i ~ N(0, σ_w,i²)
+        (``white``: [d], or one value), independent per state point, conditioned on the point's own
+        observations,
 
-            p(e_i | x_m) ∝ exp(−e_i² / 2σ_w² − Σ_{j at i} (y_j − g(x_m,i + e_i))² / 2σo²).
+            p(e_i | x_m) ∝ exp(−e_i² / 2σ_w,i² − Σ_{j at i} (y_j − g(x_m,i + e_i))² / 2σo²).
 
-        For a linear h this is N(ν_i (y_i − x_m,i) / σo², ν_i), 1/ν_i = 1/σ_w² + 1/σo² (ν_i = σ_w²,
+        For a linear h this is N(ν_i (y_i − x_m,i) / σo², ν_i), 1/ν_i = 1/σ_w,i² + 1/σo² (ν_i = σ_w,i²,
         mean 0 where unobserved), drawn as mean + √ν_i ξ; for a nonlinear g, the ξ-quantile of the
-        exact density (``pointwise.quantiles``). With ancestral sampling the pair (x_m + e_m) samples the
-        joint posterior. The noise ξ [M, d] is ``counter_normal`` of ``generator``'s seed, centred
-        over members and scaled to unit variance at each point (for a linear h the white part's
-        ensemble mean and spread are then exact)."""
+        exact density (``pointwise.quantiles``); e_i = 0 where σ_w,i = 0. With ancestral sampling the
+        pair (x_m + e_m) samples the joint posterior. The noise ξ [M, d] is ``counter_normal`` of
+        ``generator``'s seed, centred over members and scaled to unit variance at each point (for a
+        linear h the white part's ensemble mean and spread are then exact)."""
         M, d = smooth.shape
+        white = torch.as_tensor(white, dtype=smooth.dtype, device=smooth.device).expand(d)
+        on = white > 0
+        sw2 = white.clamp_min(torch.finfo(smooth.dtype).tiny)
         xi = counter_normal(noise_key(generator), 0, range(M), range(d), smooth.dtype, smooth.device)
         xi = xi - xi.mean(0)
         xi = xi / xi.std(0).clamp_min(torch.finfo(xi.dtype).tiny)
         if not operator.linear:
-            return pointwise.quantiles(smooth, math.sqrt(white), y, operator, xi)
-        precision = 1.0 / white + operator.curvature(smooth)
-        return (operator.likelihood_score(smooth, y) + xi * precision.sqrt()) / precision
+            e = pointwise.quantiles(smooth, sw2.sqrt(), y, operator, xi)
+        else:
+            precision = 1.0 / sw2 + operator.curvature(smooth)
+            e = (operator.likelihood_score(smooth, y) + xi * precision.sqrt()) / precision
+        return torch.where(on, e, 0.0)
 
     @staticmethod
     def rotation(K: int, generator: torch.Generator | None) -> torch.Tensor:

@@ -95,27 +95,38 @@ def innovation_inflation(prior: torch.Tensor, y: torch.Tensor, operator: Observa
     return max(1.0, float((d.square().mean() - operator.sigma**2) / v)) ** 0.5
 
 
-def innovation_white(prior: torch.Tensor, y: torch.Tensor, operator: ObservationOperator) -> float:
+def innovation_white(
+    prior: torch.Tensor,
+    y: torch.Tensor,
+    operator: ObservationOperator,
+    groups: torch.Tensor | None = None,
+    n: int = 1,
+) -> torch.Tensor:
     """Adaptive variance σ_w² of an error the ensemble does not span, white in space, from this cycle's
     innovations (the additive counterpart of ``innovation_inflation``). With d_j and v_j as there and
     g'_j the slope of h at the forecast mean at observation j,  E d_j² = v_j + σo² + g'_j² σ_w²;  the
-    least-squares fit of σ_w² to these p equations is
+    least-squares fit of σ_w² to these equations (``white_fit``), one σ_w² per group of observations
+    (``groups`` [p]: labels 0..n−1, e.g. the state variable observed; None: one group), is
 
         σ_w² = max(0, Σ_j g'_j² (d_j² − v_j − σo²) / Σ_j g'_j⁴)
 
     (= (‖d‖²/p − σo² − mean(v)) / g'² for a linear h; for a nonlinear one the observations where h is
-    flat, which say little about σ_w², weigh little). Returns σ_w² (≥ 0, state units²)."""
+    flat, which say little about σ_w², weigh little). Returns σ_w² [n] (≥ 0, state units²)."""
     hx = operator(prior)  # [M, p]
     d = y.to(hx) - hx.mean(0)
-    return white_fit(d.square() - hx.var(0), observed_slope2(prior, operator), operator.sigma)
+    return white_fit(d.square() - hx.var(0), observed_slope2(prior, operator), operator.sigma, groups, n)
 
 
-def white_fit(moment: torch.Tensor, slope2: torch.Tensor, sigma: float) -> float:
+def white_fit(
+    moment: torch.Tensor, slope2: torch.Tensor, sigma: float, groups: torch.Tensor | None = None, n: int = 1
+) -> torch.Tensor:
     """σ_w² ≥ 0 fitted by least squares to  moment_j = σo² + g'_j² σ_w²  (moment, g'_j² = ``slope2``:
-    [p]): max(0, Σ g'_j² (moment_j − σo²) / Σ g'_j⁴)."""
-    num = (slope2 * (moment - sigma**2)).sum()
-    den = slope2.square().sum().clamp_min(torch.finfo(slope2.dtype).tiny)
-    return max(0.0, float(num / den))
+    [p]) in each group of observations (``groups`` [p], labels 0..n−1; None: one):
+    max(0, Σ g'_j² (moment_j − σo²) / Σ g'_j⁴) [n]; 0 for a group without observations."""
+    groups = torch.zeros_like(slope2, dtype=torch.long) if groups is None else groups.to(slope2.device)
+    num = slope2.new_zeros(n).index_add_(0, groups, slope2 * (moment - sigma**2))
+    den = slope2.new_zeros(n).index_add_(0, groups, slope2.square())
+    return torch.where(den > 0, num / den.clamp_min(torch.finfo(den.dtype).tiny), 0.0).clamp_min(0.0)
 
 
 def observed_slope2(prior: torch.Tensor, operator: ObservationOperator) -> torch.Tensor:
