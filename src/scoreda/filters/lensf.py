@@ -93,12 +93,12 @@ class LEnSF:
     rtps: float = 0.3  # relaxation of the analysis spread to the forecast spread
     rtpp: float = 0.0  # relaxation of the analysis perturbations to the forecast ones
     white: float = 0.0  # σ_w²: prior variance of the per-point white part [units²] (0: none)
-    adaptive_white: bool = False  # σ_w² = max(white, innovation_white(prior, y)) each analysis
-    desroziers: int = 0  # then this many residual updates of σ_w² (``residual_white``)
+    adaptive_white: bool = True  # σ_w² = max(white, innovation_white(prior, y)) each analysis
+    desroziers: int = 1  # with adaptive_white: then this many residual updates (``residual_white``)
     mda: int = 1  # ensemble-space analyses in turn, each with σ_j √mda, h relinearised (as the LETKF's)
     # a nonlinear h in the ensemble-space part: "ensemble" (linearised over the members, as the LETKF)
     # | "pointwise" (Gaussian pseudo-observations from each point's exact posterior)
-    likelihood: str = "ensemble"
+    likelihood: str = "pointwise"
     localiser: LETKF | None = field(default=None, metadata=CONSTRUCTED)  # the local analyses' geometry
     capabilities: ClassVar[Capabilities] = Capabilities(shards=("state",))  # blocks of grid positions
 
@@ -127,8 +127,6 @@ class LEnSF:
             raise ValueError(f"filter.mda: must be ≥ 1, got {self.mda}")
         if self.desroziers < 0:
             raise ValueError(f"filter.desroziers: must be ≥ 0, got {self.desroziers}")
-        if self.desroziers and not self.adaptive_white:
-            raise ValueError("filter.desroziers: updates the adaptive σ_w²; set filter.adaptive_white=true")
 
     @classmethod
     def from_config(cls, cfg, grid: Grid | None = None) -> LEnSF:
