@@ -177,8 +177,8 @@ class LEnSF:
         white = torch.where(seen, self.white, 0.0).double()  # σ_w² of each state variable [C]
         if self.adaptive_white and bool(seen.any()):
             white = torch.maximum(white, innovation_white(prior, y, operator, groups, C).double())
-            for _ in range(self.desroziers):
-                white = torch.maximum(white, self.residual_white(prior, y, operator, white, groups))
+            for _ in range(self.desroziers):  # each update replaces the estimate (floor: ``white``)
+                white = self.residual_white(prior, y, operator, white, groups).clamp_min(self.white)
             white = torch.where(seen, white, 0.0)
         diagnostics = {
             "inflation": inflation,
