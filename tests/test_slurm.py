@@ -100,12 +100,13 @@ def test_sbatch_runs_the_cycle_with_srun_mpi_stages(straight):
 
 def test_walltime_stop_resubmits_and_ends_equal_to_an_unbroken_run(slurm, straight, tmp_path):
     """A 3-minute job where a cycle counts as 155 s (platform.min_cycle_s) starts cycles only in its
-    first ~25 s: fewer than the 10 asked, whatever the machine's speed. It stops with exit 75 and
+    first ~25 s: fewer than the 24 asked (on an idle 2-core machine 10 small cycles fitted in those
+    25 s, so 10 was not enough; a cycle takes ≈ 2.5 s). It stops with exit 75 and
     resubmits itself (afterany) until the run is complete; the chain ends with the numbers of one
     unbroken job."""
     ref, _ = straight
     run_dir = tmp_path / "run"
-    args = ["--time=3", "slurm/slurm.sbatch", f"run_dir={run_dir}", "cycles=10", *SMALL]
+    args = ["--time=3", "slurm/slurm.sbatch", f"run_dir={run_dir}", "cycles=24", *SMALL]
     first = sbatch(slurm, tmp_path, *args, "platform.stop_margin_s=0", "platform.min_cycle_s=155")
     wait_for(run_dir / "summary.json", 1200)
     wait_idle(slurm)
