@@ -246,6 +246,50 @@ def test_pointwise_likelihood_gives_the_exact_posterior_of_an_arctan_observation
     assert abs(float(linearised.mean()) - mean) > 1.0 and float(linearised.std()) > 1.0
 
 
+def test_pointwise_likelihood_with_a_white_part_gives_the_exact_posterior_of_the_hybrid_prior():
+    """As above with σ_w² = 1 (``white=1``): the prior at the point is N(3, 2² + 1), and the
+    pseudo-observation enters both the ensemble-space analysis (σ_j² = σ̃_j² + σ_w²) and the white
+    part (a linear Gaussian step with σ̃_j), so the analysis has the exact posterior's mean
+    (quadrature; measured 5e-16) and std to sampling error: the white part's noise is centred and
+    scaled, only its correlation with the ensemble part (≈ 1/√4000) is left (measured ≤ 0.2 %)."""
+    g = torch.Generator().manual_seed(0)
+    x = 3.0 + 2.0 * torch.randn(4000, 1, generator=g, dtype=torch.float64)
+    x = 3.0 + 2.0 * (x - x.mean()) / x.std()
+    op = PointObservation(torch.tensor([0]), sigma=0.05, d=1, transform="arctan")
+    y = torch.tensor([math.atan(1.0)], dtype=torch.float64)
+    grid = torch.linspace(-20.0, 20.0, 400001, dtype=torch.float64)
+    logp = -0.5 * (grid - 3.0) ** 2 / 5.0 - 0.5 * ((y - torch.atan(grid)) / 0.05) ** 2
+    p = (logp - logp.max()).exp()
+    p = p / p.sum()
+    mean = float((p * grid).sum())
+    sd = float((p * (grid - mean) ** 2).sum().sqrt())
+    filt = LEnSF(rtps=0.0, localiser=LETKF(cutoff=None, rtps=0.0), white=1.0, adaptive_white=False)
+    got = filt.analyse(x, y, op, torch.Generator().manual_seed(1)).ensemble
+    assert float(got.mean()) == pytest.approx(mean, abs=1e-9)
+    assert float(got.std()) == pytest.approx(sd, rel=0.01)
+
+
+def test_the_linear_white_part_takes_each_observations_sigma():
+    """``white_part`` with per-observation σ_j (the pseudo-observations): σ_j = σo for all is the
+    step with σo; σ_j = ∞ leaves the point's prior N(0, σ_w²) (mean 0, variance σ_w² exactly, the
+    noise being centred and scaled); a point observed twice adds both precisions."""
+    g = torch.Generator().manual_seed(0)
+    M, d, white = 30, 6, 2.0
+    x = torch.randn(M, d, generator=g, dtype=torch.float64)
+    op = PointObservation(torch.tensor([0, 1, 2, 2]), sigma=0.5, d=d)
+    y = torch.randn(4, generator=g, dtype=torch.float64)
+    base = LEnSF.white_part(x, y, op, white, torch.Generator().manual_seed(3))
+    same = LEnSF.white_part(x, y, op, white, torch.Generator().manual_seed(3), torch.full((4,), 0.5).double())
+    torch.testing.assert_close(same, base, rtol=0, atol=1e-14)
+    sigma = torch.tensor([math.inf, 0.5, 0.5, 1.0], dtype=torch.float64)
+    e = LEnSF.white_part(x, y, op, white, torch.Generator().manual_seed(3), sigma)
+    assert float(e[:, 0].mean().abs()) < 1e-14 and float(e[:, 0].var()) == pytest.approx(white, rel=1e-12)
+    precision = 1 / white + 1 / 0.25 + 1 / 1.0  # point 2: two observations
+    mean = ((y[2] - x[:, 2]) / 0.25 + (y[3] - x[:, 2]) / 1.0) / precision
+    assert float((e[:, 2] - mean).var()) == pytest.approx(1 / precision, rel=1e-12)
+    assert float((e[:, 2] - mean).mean().abs()) < 1e-14
+
+
 def test_rotated_starts_keep_the_letkf_mean_and_covariance():
     prior, y, op = _case((2, 8, 8), M=10, every=2, transform="linear", seed=5)
     want = LETKF(**GEOMETRY, rtps=0.0).analyse(prior, y, op).ensemble
@@ -316,6 +360,8 @@ def test_bad_keys_are_one_line_errors():
         LEnSF(mda=0)
     with pytest.raises(ValueError, match=r"^filter\.desroziers: must be ≥ 0"):
         LEnSF(adaptive_white=True, desroziers=-1)
+    with pytest.raises(ValueError, match=r"^filter\.white_significance: must be ≥ 0"):
+        LEnSF(white_significance=-2.0)
     with pytest.raises(ValueError, match=r"^filter=lensf: no localiser"):
         LEnSF().analyse(
             torch.zeros(3, 4), torch.zeros(1), PointObservation(torch.tensor([0]), sigma=1.0, d=4)

@@ -39,15 +39,17 @@ prior gets a second, full-rank part: x = x̄ + Xbᵀ U ũ/√K + e, e_i ~ N(0, �
 point. Integrating e out of the observations leaves the ensemble-space analysis above with
 σ_j² = σo² + g'_j² σ_w² (g'_j the slope of h at the forecast mean), which is the exact marginal of
 ũ (up to localisation, and for a point observed once); then each member draws its e from the
-conditional given its analysed ũ and the point's own observations (``white_part``; exact for a
-nonlinear h, ``pointwise.quantiles``). σ_w² = 0 is the filter without it, exactly;
+conditional given its analysed ũ and the point's own observations (``white_part``; for a nonlinear
+h the exact density, ``pointwise.quantiles``, or with ``likelihood=pointwise`` the pseudo-observations
+below, a linear Gaussian step). σ_w² = 0 is the filter without it, exactly;
 ``adaptive_white`` estimates σ_w² from the innovations each analysis (``processing.innovation_white``;
 ``white`` is then its floor), and ``desroziers`` updates it from the analysis residuals
 (``residual_white``).
 
 Nonlinear h (``likelihood``): ``ensemble`` linearises h over the members (the LETKF's Yb);
 ``pointwise`` replaces each observation by the linear Gaussian pseudo-observation that gives the
-point's exact posterior mean and variance under N(x̄_i, s_i² + σ_w²) (``pointwise.pseudo_observations``).
+point's exact posterior mean and variance under N(x̄_i, s_i² + σ_w²) (``pointwise.pseudo_observations``)
+in both the ensemble-space analysis and the white part.
 ``mda`` > 1: that many ensemble-space passes with σ √mda, h relinearised each time.
 
 MPI (``shard=state``): the local analyses split over ranks by blocks of grid positions (``analyse``).
@@ -95,6 +97,7 @@ class LEnSF:
     white: float = 0.0  # σ_w²: prior variance of the per-point white part [units²] (0: none)
     adaptive_white: bool = True  # σ_w² = max(white, innovation_white(prior, y)) each analysis
     desroziers: int = 1  # with adaptive_white: then this many residual updates (``residual_white``)
+    white_significance: float = 0.0  # an adaptive σ_w² below this many standard errors is taken as 0
     mda: int = 1  # ensemble-space analyses in turn, each with σ_j √mda, h relinearised (as the LETKF's)
     # a nonlinear h in the ensemble-space part: "ensemble" (linearised over the members, as the LETKF)
     # | "pointwise" (Gaussian pseudo-observations from each point's exact posterior)
@@ -127,6 +130,8 @@ class LEnSF:
             raise ValueError(f"filter.mda: must be ≥ 1, got {self.mda}")
         if self.desroziers < 0:
             raise ValueError(f"filter.desroziers: must be ≥ 0, got {self.desroziers}")
+        if not self.white_significance >= 0:
+            raise ValueError(f"filter.white_significance: must be ≥ 0, got {self.white_significance}")
 
     @classmethod
     def from_config(cls, cfg, grid: Grid | None = None) -> LEnSF:
@@ -176,7 +181,9 @@ class LEnSF:
         seen = torch.zeros(C, dtype=torch.bool, device=device).index_fill_(0, groups, True)
         white = torch.where(seen, self.white, 0.0).double()  # σ_w² of each state variable [C]
         if self.adaptive_white and bool(seen.any()):
-            white = torch.maximum(white, innovation_white(prior, y, operator, groups, C).double())
+            white = torch.maximum(
+                white, innovation_white(prior, y, operator, groups, C, self.white_significance).double()
+            )
             for _ in range(self.desroziers):  # each update replaces the estimate (floor: ``white``)
                 white = self.residual_white(prior, y, operator, white, groups).clamp_min(self.white)
             white = torch.where(seen, white, 0.0)
@@ -198,7 +205,7 @@ class LEnSF:
         if rank != 0:
             return Analysis(None, diagnostics)
         if bool((white > 0).any()):
-            analysis = analysis + self.white_part(analysis, y, operator, white_state, generator)
+            analysis = analysis + self.white_part(analysis, y_smooth, op_smooth, white_state, generator, base)
         return Analysis(processing.after(analysis, prior, operator), diagnostics)
 
     def ensemble_analysis(
@@ -278,7 +285,12 @@ class LEnSF:
         d_b = y.to(prior) - operator(prior).mean(0)
         d_a = y.to(prior) - operator(posterior).mean(0)
         return white_fit(
-            d_a * d_b, observed_slope2(prior, operator), operator.sigma, groups, len(white)
+            d_a * d_b,
+            observed_slope2(prior, operator),
+            operator.sigma,
+            groups,
+            len(white),
+            self.white_significance,
         ).double()
 
     @staticmethod
@@ -296,20 +308,22 @@ class LEnSF:
         operator: ObservationOperator,
         white: torch.Tensor | float,
         generator: torch.Generator | None,
+        sigma: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Each member's per-point white part e [M, d] given its analysis ``smooth`` [M, d] (the
         ensemble-space analysis with the white part integrated out): the prior e_i ~ N(0, σ_w,i²)
         (``white``: [d], or one value), independent per state point, conditioned on the point's own
         observations,
 
-            p(e_i | x_m) ∝ exp(−e_i² / 2σ_w,i² − Σ_{j at i} (y_j − g(x_m,i + e_i))² / 2σo²).
+            p(e_i | x_m) ∝ exp(−e_i² / 2σ_w,i² − Σ_{j at i} (y_j − g(x_m,i + e_i))² / 2σ_j²).
 
-        For a linear h this is N(ν_i (y_i − x_m,i) / σo², ν_i), 1/ν_i = 1/σ_w,i² + 1/σo² (ν_i = σ_w,i²,
-        mean 0 where unobserved), drawn as mean + √ν_i ξ; for a nonlinear g, the ξ-quantile of the
-        exact density (``pointwise.quantiles``); e_i = 0 where σ_w,i = 0. With ancestral sampling the
-        pair (x_m + e_m) samples the joint posterior. The noise ξ [M, d] is ``counter_normal`` of
-        ``generator``'s seed, centred over members and scaled to unit variance at each point (for a
-        linear h the white part's ensemble mean and spread are then exact)."""
+        For a linear h this is N(ν_i Σ_j (y_j − x_m,i) / σ_j², ν_i), 1/ν_i = 1/σ_w,i² + Σ_j 1/σ_j²
+        (σ_j = σo, or ``sigma`` [p]: the pseudo-observations' σ̃_j of ``likelihood=pointwise``, ∞ for
+        weight 0; ν_i = σ_w,i², mean 0 where unobserved), drawn as mean + √ν_i ξ; for a nonlinear g,
+        the ξ-quantile of the exact density (``pointwise.quantiles``); e_i = 0 where σ_w,i = 0. With
+        ancestral sampling the pair (x_m + e_m) samples the joint posterior. The noise ξ [M, d] is
+        ``counter_normal`` of ``generator``'s seed, centred over members and scaled to unit variance
+        at each point (for a linear h the white part's ensemble mean and spread are then exact)."""
         M, d = smooth.shape
         white = torch.as_tensor(white, dtype=smooth.dtype, device=smooth.device).expand(d)
         on = white > 0
@@ -320,8 +334,12 @@ class LEnSF:
         if not operator.linear:
             e = pointwise.quantiles(smooth, sw2.sqrt(), y, operator, xi)
         else:
-            precision = 1.0 / sw2 + operator.curvature(smooth)
-            e = (operator.likelihood_score(smooth, y) + xi * precision.sqrt()) / precision
+            idx = operator.indices.to(smooth.device)
+            inv = 1.0 / (operator.sigma**2 if sigma is None else sigma.to(smooth).square())  # [p] or one
+            inv = torch.as_tensor(inv, dtype=smooth.dtype, device=smooth.device).expand(idx.shape)
+            precision = (1.0 / sw2).index_add(0, idx, inv)
+            score = smooth.new_zeros(M, d).index_add_(1, idx, (y.to(smooth) - smooth[:, idx]) * inv)
+            e = (score + xi * precision.sqrt()) / precision
         return torch.where(on, e, 0.0)
 
     @staticmethod

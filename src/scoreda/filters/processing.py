@@ -101,12 +101,14 @@ def innovation_white(
     operator: ObservationOperator,
     groups: torch.Tensor | None = None,
     n: int = 1,
+    significance: float = 0.0,
 ) -> torch.Tensor:
     """Adaptive variance σ_w² of an error the ensemble does not span, white in space, from this cycle's
     innovations (the additive counterpart of ``innovation_inflation``). With d_j and v_j as there and
     g'_j the slope of h at the forecast mean at observation j,  E d_j² = v_j + σo² + g'_j² σ_w²;  the
-    least-squares fit of σ_w² to these equations (``white_fit``), one σ_w² per group of observations
-    (``groups`` [p]: labels 0..n−1, e.g. the state variable observed; None: one group), is
+    least-squares fit of σ_w² to these equations (``white_fit``, with its ``significance`` threshold),
+    one σ_w² per group of observations (``groups`` [p]: labels 0..n−1, e.g. the state variable
+    observed; None: one group), is
 
         σ_w² = max(0, Σ_j g'_j² (d_j² − v_j − σo²) / Σ_j g'_j⁴)
 
@@ -114,19 +116,38 @@ def innovation_white(
     flat, which say little about σ_w², weigh little). Returns σ_w² [n] (≥ 0, state units²)."""
     hx = operator(prior)  # [M, p]
     d = y.to(hx) - hx.mean(0)
-    return white_fit(d.square() - hx.var(0), observed_slope2(prior, operator), operator.sigma, groups, n)
+    return white_fit(
+        d.square() - hx.var(0), observed_slope2(prior, operator), operator.sigma, groups, n, significance
+    )
 
 
 def white_fit(
-    moment: torch.Tensor, slope2: torch.Tensor, sigma: float, groups: torch.Tensor | None = None, n: int = 1
+    moment: torch.Tensor,
+    slope2: torch.Tensor,
+    sigma: float,
+    groups: torch.Tensor | None = None,
+    n: int = 1,
+    significance: float = 0.0,
 ) -> torch.Tensor:
     """σ_w² ≥ 0 fitted by least squares to  moment_j = σo² + g'_j² σ_w²  (moment, g'_j² = ``slope2``:
     [p]) in each group of observations (``groups`` [p], labels 0..n−1; None: one):
-    max(0, Σ g'_j² (moment_j − σo²) / Σ g'_j⁴) [n]; 0 for a group without observations."""
+    σ̂_w² = Σ g'_j² (moment_j − σo²) / Σ g'_j⁴ [n]; 0 for a group without observations, and 0 where
+    σ̂_w² ≤ ``significance`` × its standard error, SE² = Σ g'_j⁴ r_j² / (Σ g'_j⁴)² with the residuals
+    r_j = moment_j − σo² − g'_j² σ̂_w² (the sandwich estimate; it takes the moments as independent, so
+    spatially correlated errors make it an underestimate). A few observations give a noisy σ̂_w²
+    whose positive part, clipped at zero, is biased up: the threshold keeps such noise out."""
     groups = torch.zeros_like(slope2, dtype=torch.long) if groups is None else groups.to(slope2.device)
-    num = slope2.new_zeros(n).index_add_(0, groups, slope2 * (moment - sigma**2))
+    excess = moment - sigma**2
+    num = slope2.new_zeros(n).index_add_(0, groups, slope2 * excess)
     den = slope2.new_zeros(n).index_add_(0, groups, slope2.square())
-    return torch.where(den > 0, num / den.clamp_min(torch.finfo(den.dtype).tiny), 0.0).clamp_min(0.0)
+    fit = torch.where(den > 0, num / den.clamp_min(torch.finfo(den.dtype).tiny), 0.0)
+    if significance > 0:
+        r2 = (excess - slope2 * fit[groups]).square()
+        se = (slope2.new_zeros(n).index_add_(0, groups, slope2.square() * r2)).sqrt() / den.clamp_min(
+            torch.finfo(den.dtype).tiny
+        )
+        fit = torch.where(fit > significance * se, fit, 0.0)
+    return fit.clamp_min(0.0)
 
 
 def observed_slope2(prior: torch.Tensor, operator: ObservationOperator) -> torch.Tensor:
