@@ -37,7 +37,10 @@ ARM_ORDER = (
     "vit_ensf_frozen_noadapt",
     "none",
     "letkf",
+    "letkf_tuned",
+    "letkf_adaptive",
     "ensf",
+    "lensf",
 )
 ARM_STYLE = {  # label, colour
     "sqg_only": ("SQG only", "0.45"),
@@ -50,6 +53,9 @@ ARM_STYLE = {  # label, colour
     "none": ("no assimilation", "0.45"),  # experiments swept over filter= (run_dir .../${filter.name})
     "letkf": ("LETKF", "tab:blue"),
     "ensf": ("EnSF", "tab:green"),
+    "letkf_tuned": ("LETKF, tuned", "tab:blue"),  # issue 18's arms: run_dir=runs/<experiment>/<arm>
+    "letkf_adaptive": ("LETKF + adaptive inflation, tuned", "tab:cyan"),
+    "lensf": ("LEnSF", "tab:red"),
 }
 # The authors' published result files (time-mean analysis RMSE, K), as issue 6 quotes them.
 REFERENCE = {

@@ -138,3 +138,65 @@ def test_one_command_runs_every_arm(experiment, fig4_small, weights, tmp_path):
     assert len(rows) == len(set(ARMS[experiment]) | set(FREE)) and fig.stat().st_size > 10_000
     lent = [line for line in rows if f"({fig4_small.name}'s run)" in line]
     assert len(lent) == (0 if set(FREE) <= set(ARMS[experiment]) else len(FREE))
+
+
+#: issue 18's filter experiments: each arm's filter and the keys tuned on 60-cycle runs
+#: (docs/results.md's tuning records); the other keys are the filter's defaults
+FILTER_ARMS = {
+    "filters_perfect": {
+        "lensf": ("lensf", {}),
+        "perfect_letkf_tuned": ("letkf", dict(cutoff=1750.0, rtps=0.3, adaptive_inflation=False)),
+        "perfect_letkf_adaptive": ("letkf", dict(cutoff=1500.0, rtps=0.3, adaptive_inflation=True)),
+    },
+    "filters_shocks": {
+        "shocks_lensf": ("lensf", dict(cutoff=1000.0, rtps=0.0)),
+        "shocks_letkf_tuned": ("letkf", dict(cutoff=1500.0, rtps=0.3, adaptive_inflation=False)),
+        "shocks_letkf_adaptive": ("letkf", dict(cutoff=350.0, rtps=0.3, adaptive_inflation=True)),
+    },
+    "filters_arctan": {
+        "lensf": ("lensf", {}),
+        "arctan_letkf_tuned": ("letkf", dict(cutoff=2000.0, mda=4, adaptive_inflation=False)),
+        "arctan_letkf_adaptive": ("letkf", dict(cutoff=2000.0, mda=4, adaptive_inflation=True)),
+    },
+    "filters_every4": {
+        "lensf": ("lensf", {}),
+        "every4_letkf_tuned": ("letkf", dict(cutoff=2000.0, rtps=0.3, adaptive_inflation=False)),
+        "every4_letkf_adaptive": ("letkf", dict(cutoff=2000.0, rtps=0.3, adaptive_inflation=True)),
+    },
+}
+
+
+@pytest.mark.parametrize("experiment", FILTER_ARMS)
+def test_filter_experiment_arms_compose_to_their_tuned_settings(experiment):
+    """Every arm the experiment's multirun sweeps composes and validates, runs into
+    runs/<experiment>/<arm> (arm: the option's name less its experiment prefix) and has its
+    filter's tuned keys; the EnSF and no assimilation are common to the four experiments."""
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        c = compose("config", overrides=[f"experiment={experiment}"], return_hydra_config=True)
+    swept = c.hydra.sweeper.params.arm.split(",")
+    assert set(swept) == set(FILTER_ARMS[experiment]) | {"ensf", "none"}
+    for option in swept:
+        c = cfg_of(f"experiment={experiment}", f"arm={option}")
+        validate(c)
+        name, keys = FILTER_ARMS[experiment].get(option, (option, {}))
+        arm = option.removeprefix(experiment.removeprefix("filters_") + "_")
+        assert (c.arm, c.run_dir) == (arm, f"runs/{experiment}/{arm}")
+        assert (c.filter.name, c.forecaster.name) == (name, "physics")
+        assert {k: c.filter[k] for k in keys} == keys, option
+        shocked = 0.5 if experiment == "filters_shocks" else 0.0
+        assert (c.cycles, c.burn_in, c.members, c.shocks.fraction) == (300, 20, 20, shocked)
+
+
+@pytest.mark.slow
+def test_one_command_runs_every_filter_arm(weights, tmp_path):
+    """filters_shocks' one command, small: each of its five arms runs its 2 cycles into its own
+    directory, and every assimilating arm's analysis beats its forecast."""
+    root = multirun("filters_shocks", tmp_path, weights)
+    for arm in ("lensf", "ensf", "letkf_tuned", "letkf_adaptive", "none"):
+        rows = scores(root / arm)
+        assert [int(r["cycle"]) for r in rows] == [1, 2], arm
+        for r in rows:
+            if arm == "none":
+                assert r["rmse_analysis"] == r["rmse_forecast"]
+            else:
+                assert float(r["rmse_analysis"]) < float(r["rmse_forecast"]), (arm, r)
