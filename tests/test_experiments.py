@@ -158,6 +158,10 @@ FILTER_ARMS = {
         "arctan_letkf_tuned": ("letkf", dict(cutoff=2000.0, mda=4, adaptive_inflation=False)),
         "arctan_letkf_adaptive": ("letkf", dict(cutoff=2000.0, mda=4, adaptive_inflation=True)),
     },
+    "filters_l96": {
+        "l96_lensf": ("lensf", dict(cutoff=None, inflation=1.04, rtps=0.0, white_significance=3.0)),
+        "l96_letkf_tuned": ("letkf", dict(cutoff=None, inflation=1.04, rtps=0.0)),
+    },
     "filters_every4": {
         "lensf": ("lensf", {}),
         "every4_letkf_tuned": ("letkf", dict(cutoff=2000.0, rtps=0.3, adaptive_inflation=False)),
@@ -179,12 +183,13 @@ def test_filter_experiment_arms_compose_to_their_tuned_settings(experiment):
         c = cfg_of(f"experiment={experiment}", f"arm={option}")
         validate(c)
         name, keys = FILTER_ARMS[experiment].get(option, (option, {}))
-        arm = option.removeprefix(experiment.removeprefix("filters_") + "_")
+        arm = option.removeprefix(experiment.removeprefix("filters_") + "_")  # shocks_lensf: lensf
         assert (c.arm, c.run_dir) == (arm, f"runs/{experiment}/{arm}")
         assert (c.filter.name, c.forecaster.name) == (name, "physics")
         assert {k: c.filter[k] for k in keys} == keys, option
         shocked = 0.5 if experiment == "filters_shocks" else 0.0
-        assert (c.cycles, c.burn_in, c.members, c.shocks.fraction) == (300, 20, 20, shocked)
+        length = (1500, 500) if experiment == "filters_l96" else (300, 20)
+        assert (c.cycles, c.burn_in, c.members, c.shocks.fraction) == (*length, 20, shocked)
 
 
 @pytest.mark.slow
