@@ -39,6 +39,7 @@ TINY_PRETRAIN = [
 TINY_SCALING = ["scaling.per_rank=2000", "scaling.n_steps=5", "scaling.repeats=1", "scaling.steps=1"]
 RUN_BY = {  # command (as the README has it, up to its first override) -> the test that runs it too
     "workflows/cycle.py -m experiment=paper_fig4": "test_experiments.py",
+    "workflows/cycle.py -m experiment=filters_shocks": "test_experiments.py",
     "scripts/paper_results.py": "test_experiments.py",
     "workflows/cycle.py -m experiment=qg_stations": "test_qg_stations.py",
     "workflows/pretrain.py parallel=zero2 parallel.ranks=2": "test_surrogate_cycle.py",
