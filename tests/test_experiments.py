@@ -19,12 +19,13 @@ from scoreda.surrogate import build_vit, save_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 ARMS = {
-    "paper_fig4": ("sqg_only", "vit_only", "sqg_letkf", "vit_ensf"),
+    "paper_fig4": ("sqg_only", "vit_only", "sqg_letkf", "vit_ensf", "vit_lensf"),
     "paper_fig4_shocks": ("sqg_only", "vit_only", "sqg_letkf", "sqg_ensf", "vit_ensf"),
     "paper_fig4_arctan": ("sqg_letkf", "sqg_ensf", "vit_ensf_frozen"),  # free arms: paper_fig4's
     "paper_fig4_every4": ("sqg_letkf", "sqg_ensf", "vit_ensf_frozen_noadapt"),
 }
 FREE = ("sqg_only", "vit_only")
+ONLINE = ("vit_ensf", "vit_lensf")  # the arms whose ViT is fine-tuned online
 OBSERVATION = {  # (name, sigma, every) of each experiment's observations
     "paper_fig4_arctan": ("arctan", 0.05, 1),
     "paper_fig4_every4": ("subsample", 1.0, 4),
@@ -62,7 +63,7 @@ def test_arms_compose_to_the_papers_setting(experiment):
         forecaster, filt = arm.split("_")[:2]
         assert c.forecaster.name == ("vit" if forecaster == "vit" else "physics")
         assert c.filter.name == {"only": "none"}.get(filt, filt)
-        assert c.surrogate.online == (arm == "vit_ensf")
+        assert c.surrogate.online == (arm in ONLINE)
         if filt == "letkf":
             assert (c.filter.rtps, c.filter.cutoff) == (0.3, 2000.0)
         if filt == "ensf":
@@ -124,9 +125,9 @@ def test_one_command_runs_every_arm(experiment, fig4_small, weights, tmp_path):
                 assert math.isfinite(float(r["rmse_analysis"])) and r["rmse_analysis"] != r["rmse_forecast"]
             else:
                 assert float(r["rmse_analysis"]) < float(r["rmse_forecast"]), (arm, r)
-    online = [a for a in ARMS[experiment] if a.startswith("vit_ensf")]
-    fine_tuned = [(root / a / "surrogate" / "000002" / "weights.pt").is_file() for a in online]
-    assert fine_tuned == [a == "vit_ensf" for a in online]  # online fine-tuning, not when frozen
+    vit = [a for a in ARMS[experiment] if a.startswith("vit_") and a not in FREE]
+    fine_tuned = [(root / a / "surrogate" / "000002" / "weights.pt").is_file() for a in vit]
+    assert fine_tuned == [a in ONLINE for a in vit]  # online fine-tuning, not when frozen
     # the figure and table of docs/results.md from the arms' summaries, free arms lent where absent
     fig = tmp_path / "fig4.png"
     cmd = [sys.executable, str(ROOT / "scripts" / "paper_results.py"), str(root), "--out", str(fig)]
