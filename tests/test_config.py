@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from scoreda.config import ConfigError, validate
+from scoreda.config import ConfigError, divergence_bound, validate
 from scoreda.io import config_hash
 from scoreda.science import science_keys
 
@@ -49,6 +49,20 @@ def test_every_config_composes_and_validates(group, option, tmp_path):
         assert cfg[group].name == option  # each option file names itself
     if (group, option) == ("filter", "none"):  # no keys but the launch keys
         assert set(cfg.filter) == {"name", "ranks", "shard"}
+
+
+def test_a_free_run_is_never_stopped_by_divergence():
+    """``divergence`` bounds a filter's error; a free run (filter=none, e.g. paper_fig4's ViT only,
+    which drifts to ≈ 60 K) is scored to the end whatever the key says."""
+    from types import SimpleNamespace
+
+    from scoreda.stages.common import Diverged, check_divergence
+
+    free, letkf = validate(_compose("filter=none")), validate(_compose("filter=letkf"))
+    assert (free.divergence, divergence_bound(free), divergence_bound(letkf)) == (5.0, None, 5.0)
+    check_divergence(SimpleNamespace(cfg=free, dir="runs/x"), 3, 60.0, 1.0)  # 60σ: goes on
+    with pytest.raises(Diverged, match=r"cycle 3: analysis RMSE 60 K > divergence=5"):
+        check_divergence(SimpleNamespace(cfg=letkf, dir="runs/x"), 3, 60.0, 1.0)
 
 
 def test_default_config_validates():

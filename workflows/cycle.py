@@ -48,7 +48,7 @@ from platforms import (  # noqa: E402
 )
 from watchdog import Tasks, Watchdog, WorkflowError, wait  # noqa: E402
 
-from scoreda.config import ConfigError  # noqa: E402
+from scoreda.config import ConfigError, divergence_bound  # noqa: E402
 from scoreda.stages import preflight  # noqa: E402
 from scoreda.stages.common import (  # noqa: E402
     MISSING,
@@ -162,7 +162,7 @@ def build_dag(cfg: DictConfig, run_dir: str, cycles: int, end_time=None, done=()
         fut = stage_app("nature", run_dir, k, inputs=[truth] if truth else [])
         truth = tasks.add("nature", k, fut)
         waits = [trained[j]] if (j := k - 1 - cfg.surrogate.lag) in trained else []
-        if cfg.divergence is not None and j >= 1:  # evaluate(j) needs nothing forecast(k) does not
+        if divergence_bound(cfg) is not None and j >= 1:  # evaluate(j) needs nothing forecast(k) does not
             waits.append(scores[j - 1])
         if end_time is not None:
             previous = gates[-1] if gates else None

@@ -78,6 +78,13 @@ class Root:
         require(ok, "device", f"expected cpu or cuda[:n], got {self.device!r}")
 
 
+def divergence_bound(cfg: DictConfig) -> float | None:
+    """The ``divergence`` factor that stops this run, or None: a free run (``filter=none``) has no
+    filter to diverge, and its members may drift past any bound (ViT only: ≈ 60 K, docs/results.md),
+    so it is scored to the end whatever ``divergence`` says."""
+    return None if cfg.filter.name == "none" else cfg.divergence
+
+
 def _check(ok: bool, key: str, msg: str) -> None:
     if not ok:
         raise ConfigError(f"{key}: {msg}")

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from scoreda.config import ConfigError, validate
+from scoreda.config import ConfigError, divergence_bound, validate
 from scoreda.dynamics import Dynamics, make_dynamics
 from scoreda.dynamics.grid import Grid, model_grid, time_coords
 from scoreda.io import CheckpointError, config_hash, read_state, write_state, write_text
@@ -282,8 +282,8 @@ def check_divergence(run: Run, cycle: int, rmse_analysis: float, sigma: float) -
     """Raise ``Diverged`` when ``rmse_analysis`` > ``divergence`` × σ, σ the std of the truth over its
     values (``scores.json``'s ``truth_std``: the error of a guess of the field's mean).
     A free ensemble stays within ≈ 3σ (docs/results.md); a diverged filter passes 5σ within a few
-    cycles and then grows without bound."""
-    factor = run.cfg.divergence
+    cycles and then grows without bound. A free run (``filter=none``) is never stopped."""
+    factor = divergence_bound(run.cfg)
     if factor is None:
         return
     if not rmse_analysis <= factor * sigma:  # NaN too
