@@ -15,14 +15,21 @@ from conftest import CYCLE  # noqa: E402
 from hydra import compose, initialize_config_dir
 
 from scoreda.config import validate
+from scoreda.io import config_hash
+from scoreda.science import science_keys
 from scoreda.surrogate import build_vit, save_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 ARMS = {
     "paper_fig4": ("sqg_only", "vit_only", "sqg_letkf", "vit_ensf", "vit_lensf"),
-    "paper_fig4_shocks": ("sqg_only", "vit_only", "sqg_letkf", "sqg_ensf", "vit_ensf"),
-    "paper_fig4_arctan": ("sqg_letkf", "sqg_ensf", "vit_ensf_frozen"),  # free arms: paper_fig4's
-    "paper_fig4_every4": ("sqg_letkf", "sqg_ensf", "vit_ensf_frozen_noadapt"),
+    "paper_fig4_shocks": ("sqg_only", "vit_only", "sqg_letkf", "sqg_ensf", "vit_ensf", "vit_lensf"),
+    "paper_fig4_arctan": (
+        "sqg_letkf",
+        "sqg_ensf",
+        "vit_ensf_frozen",
+        "vit_lensf_frozen",
+    ),  # free: paper_fig4's
+    "paper_fig4_every4": ("sqg_letkf", "sqg_ensf", "vit_ensf_frozen_noadapt", "vit_lensf_frozen"),
 }
 FREE = ("sqg_only", "vit_only")
 ONLINE = ("vit_ensf", "vit_lensf")  # the arms whose ViT is fine-tuned online
@@ -68,6 +75,24 @@ def test_arms_compose_to_the_papers_setting(experiment):
             assert (c.filter.rtps, c.filter.cutoff) == (0.3, 2000.0)
         if filt == "ensf":
             assert c.filter.adaptive_inflation == (not arm.endswith("noadapt"))
+
+
+#: paper arms that are a filter experiment's run: the same science keys, so the same numbers (the
+#: results page quotes one run for both)
+SAME_RUN = [
+    ("paper_fig4", "sqg_only", "filters_perfect", "none"),
+    ("paper_fig4_shocks", "sqg_only", "filters_shocks", "none"),
+    ("paper_fig4_shocks", "sqg_ensf", "filters_shocks", "ensf"),
+    ("paper_fig4_arctan", "sqg_ensf", "filters_arctan", "ensf"),
+    ("paper_fig4_every4", "sqg_ensf", "filters_every4", "ensf"),
+    ("paper_fig4_every4", "sqg_letkf", "filters_every4", "every4_letkf_tuned"),
+]
+
+
+@pytest.mark.parametrize("paper", SAME_RUN, ids=[f"{e}-{a}" for e, a, *_ in SAME_RUN])
+def test_paper_arms_that_are_a_filter_experiments_run(paper):
+    ours, theirs = (validate(cfg_of(f"experiment={e}", f"arm={a}")) for e, a in (paper[:2], paper[2:]))
+    assert config_hash(science_keys(ours)) == config_hash(science_keys(theirs))
 
 
 @pytest.fixture(scope="module")
