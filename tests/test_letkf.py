@@ -136,6 +136,20 @@ def test_mda_relinearises_and_is_one_analysis_for_a_linear_h():
         LETKF(cutoff=None, mda=0)
 
 
+def test_obs_inflation_is_the_update_with_r_inflated():
+    """``obs_inflation=k``: the local analyses of an observation error σo √k (R × k), as with an
+    operator of that σo (to round-off: σo √(mda k) is rounded once, not twice); ≤ 0 is a one-line
+    error."""
+    prior, y, op = _case((2, 8, 8), M=10, every=2, transform="arctan", seed=5)
+    wide = dataclasses.replace(op, sigma=op.sigma * math.sqrt(3.0))
+    kw = dict(cutoff=None, rtps=0.3, mda=2)
+    got = LETKF(**kw, obs_inflation=3.0).analyse(prior, y, op).ensemble
+    torch.testing.assert_close(got, LETKF(**kw).analyse(prior, y, wide).ensemble, rtol=0, atol=1e-12)
+    assert float((got - LETKF(**kw).analyse(prior, y, op).ensemble).abs().max()) > 1e-2
+    with pytest.raises(ValueError, match=r"^filter\.obs_inflation: must be positive, got 0$"):
+        LETKF(cutoff=None, obs_inflation=0)
+
+
 def test_relaxations_keep_the_mean_and_make_filter_builds_it():
     prior, y, op = _case((2, 8, 8), M=10, every=2, transform="linear", seed=3)
     base = LETKF(cutoff=3.0, dx=1.0, domain=(8.0, 8.0), rtps=0.0).analyse(prior, y, op).ensemble

@@ -95,6 +95,7 @@ class LETKF:
     rtps: float = 0.3  # relaxation of the analysis spread to the forecast spread (1 = fully)
     rtpp: float = 0.0  # relaxation of the analysis perturbations to the forecast ones (1 = fully)
     mda: int = 1  # analyses in turn, each with σo √mda, h relinearised over the updated ensemble
+    obs_inflation: float = 1.0  # R inflation: the update uses σo² × this (adaptive inflation: σo²)
     dx: float = field(default=1.0, metadata=CONSTRUCTED)  # grid spacing (unit of cutoff)
     # periodic lengths (Ly, Lx); None: one row of d points
     domain: tuple[float, float] | None = field(default=None, metadata=CONSTRUCTED)
@@ -116,6 +117,8 @@ class LETKF:
             raise ValueError(f"filter.rtpp: must be in [0, 1], got {self.rtpp}")
         if self.mda < 1:
             raise ValueError(f"filter.mda: must be ≥ 1, got {self.mda}")
+        if not self.obs_inflation > 0:
+            raise ValueError(f"filter.obs_inflation: must be positive, got {self.obs_inflation}")
         if not self.dx > 0:
             raise ValueError(f"filter.dx: must be positive, got {self.dx}")
         if self.domain is not None:
@@ -292,13 +295,14 @@ class LETKF:
     def _analyse(self, prior: torch.Tensor, y: torch.Tensor, operator: ObservationOperator) -> torch.Tensor:
         """The local analyses [M, d] of the (inflated) forecast ``prior`` [M, d], before RTPP/RTPS:
         ``mda`` of them in turn (multiple data assimilation, Emerick & Reynolds 2013, with the
-        square root), each with σo √mda and Yb = h(X) − ȳ of the ensemble it updates; for a linear h
-        and no localisation the result does not depend on ``mda``."""
+        square root), each with σo √(mda · obs_inflation) and Yb = h(X) − ȳ of the ensemble it
+        updates; for a linear h and no localisation the result does not depend on ``mda``."""
         M, d = prior.shape
         self.grid(d)  # the state fits the grid
         if operator.indices.numel() == 0:
             return prior.clone()
-        sigma = None if self.mda == 1 else torch.full_like(y, operator.sigma * math.sqrt(self.mda))
+        factor = self.mda * self.obs_inflation
+        sigma = None if factor == 1 else torch.full_like(y, operator.sigma * math.sqrt(factor))
         ensemble = prior
         for _ in range(self.mda):
             mean, U, sums, x = self.ensemble_space(ensemble, y, operator, sigma)
