@@ -36,6 +36,7 @@ ARM_ORDER = (
     "vit_lensf",
     "vit_ensf_frozen",
     "vit_ensf_frozen_noadapt",
+    "vit_lensf_frozen",
     "none",
     "letkf",
     "letkf_tuned",
@@ -52,6 +53,7 @@ ARM_STYLE = {  # label, colour
     "vit_lensf": ("ViT + LEnSF", "tab:pink"),
     "vit_ensf_frozen": ("ViT + EnSF, frozen ViT", "tab:orange"),
     "vit_ensf_frozen_noadapt": ("ViT + EnSF, frozen ViT, no adaptive λ", "tab:brown"),
+    "vit_lensf_frozen": ("ViT + LEnSF, frozen ViT", "tab:olive"),
     "none": ("no assimilation", "0.45"),  # experiments swept over filter= (run_dir .../${filter.name})
     "letkf": ("LETKF", "tab:blue"),
     "ensf": ("EnSF", "tab:green"),
