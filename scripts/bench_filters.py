@@ -43,7 +43,7 @@ from pathlib import Path
 import torch
 
 from scoreda.dynamics.grid import model_grid
-from scoreda.filters.ensf import EnSF
+from scoreda.filters.ensf import KERNELS, EnSF
 from scoreda.filters.reference import ensf_member_loop
 from scoreda.io import write_text
 from scoreda.observations import PointObservation
@@ -125,6 +125,7 @@ def bench_ensf(spec: dict, mpi) -> dict:
     filt = EnSF(
         n_steps=spec["n_steps"],
         prior_score=spec.get("prior_score", "paired"),
+        kernel=spec.get("kernel", "torch"),
         shard=shard,
         adaptive_inflation=False,
         unobserved="none",
@@ -253,9 +254,14 @@ def make_cases(sizes: list[str], repeats: int, threads: int, budget: float) -> l
     rows = []
     for name in sizes:
         base = dict(filter="ensf", case=name, d=SIZES[name], n_steps=N_STEPS, repeats=repeats)
-        for score in ("paired", "mixture") if name.startswith("sqg") else ("paired",):
-            rows.append(dict(base, prior_score=score, loop=True))
-            rows += [dict(base, prior_score=score, ranks=2, shard=s) for s in ("members", "state")]
+        mixture = name.startswith("sqg") or name == "l96-1e6"
+        for score in ("paired", "mixture") if mixture else ("paired",):
+            for kernel in KERNELS:  # old and new side by side
+                rows.append(dict(base, prior_score=score, kernel=kernel, loop=kernel == "torch"))
+                rows += [
+                    dict(base, prior_score=score, kernel=kernel, ranks=2, shard=s)
+                    for s in ("members", "state")
+                ]
     if "sqg-64" in sizes:
         rows.append(dict(filter="letkf", case="sqg-64", d=SIZES["sqg-64"], n=64, repeats=repeats))
         rows += [
@@ -264,7 +270,7 @@ def make_cases(sizes: list[str], repeats: int, threads: int, budget: float) -> l
         ]
     if torch.cuda.is_available():
         rows.append(dict(filter="gpu", case="l96-1e6", d=10**6, n_steps=N_STEPS, repeats=repeats))
-    defaults = dict(threads=threads, ranks=1, shard="-", loop=False, budget_s=budget)
+    defaults = dict(threads=threads, ranks=1, shard="-", loop=False, budget_s=budget, kernel="-")
     return [{**defaults, "prior_score": "paired" if r["filter"] == "ensf" else "-", **r} for r in rows]
 
 
@@ -280,7 +286,9 @@ def launch(spec: dict) -> dict:
         raise SystemExit(f"bench case {spec} failed:\n{p.stderr[-3000:]}")
     row = {**spec, **json.loads(p.stdout.strip().splitlines()[-1])}
     row["state_bytes"] = 4 * MEMBERS * spec["d"]
-    if spec["filter"] in ("ensf", "gpu"):  # effective bandwidth of the byte count, all ranks together
+    if spec["filter"] == "ensf":  # wall time per member, state index and pseudo-step (all ranks together)
+        row["ns_element_step"] = row["time_s"] / (MEMBERS * spec["d"] * spec["n_steps"]) * 1e9
+    if spec["filter"] in ("ensf", "gpu") and spec.get("kernel") != "fused":  # bandwidth of the byte count
         moved = ensf_bytes_per_step(MEMBERS, spec["d"], row["prior_score"]) * spec["n_steps"]
         row["gb_s"] = moved / row["time_s"] / 1e9
     if spec["filter"] == "gpu":
@@ -317,13 +325,18 @@ def _cell(row: dict, key: str, fmt: str) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    head = f"{'filter':6} {'case':8} {'d':>8} {'prior':8} {'ranks':>5} {'shard':8} {'time[s]':>8} "
-    head += f"{'loop[s]':>8} {'speedup':>7} {'GB/s':>6} {'RSS[MiB]':>8} {'state[MiB]':>10}  notes"
+    head = (
+        f"{'filter':6} {'case':8} {'d':>8} {'prior':8} {'kernel':6} {'ranks':>5} {'shard':8} {'time[s]':>8} "
+    )
+    head += (
+        f"{'ns/el·st':>8} {'loop[s]':>8} {'speedup':>7} {'GB/s':>6} {'RSS[MiB]':>8} {'state[MiB]':>10}  notes"
+    )
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(
-            f"{r['filter']:6} {r['case']:8} {r['d']:>8} {r['prior_score']:8} {r['ranks']:>5} {r['shard']:8} "
-            f"{r['time_s']:>8.3f} {_cell(r, 'loop_s', '8.3f'):>8} {_cell(r, 'speedup', '7.1f'):>7} "
+            f"{r['filter']:6} {r['case']:8} {r['d']:>8} {r['prior_score']:8} {r.get('kernel', '-'):6} "
+            f"{r['ranks']:>5} {r['shard']:8} {r['time_s']:>8.3f} {_cell(r, 'ns_element_step', '8.2f'):>8} "
+            f"{_cell(r, 'loop_s', '8.3f'):>8} {_cell(r, 'speedup', '7.1f'):>7} "
             f"{_cell(r, 'gb_s', '6.1f'):>6} {r['peak_rss'] / 2**20:>8.0f} {r['state_bytes'] / 2**20:>10.1f}"
             f"  {r.get('note', '')}"
         )

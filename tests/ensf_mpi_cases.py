@@ -78,6 +78,24 @@ CASES = {
             obs={"kind": "stations", "n_stations": 30, "sigma": 0.2, "transform": "arctan"}, shape=(2, 16, 16)
         ),
     ),
+    # the compiled kernel (filter.kernel=fused): elementwise, so any split is the same bits (paired);
+    # mixture: G summed in another order
+    "members-paired-fused": (
+        dict(shard="members", prior_score="paired", kernel="fused", rtps=0.5),
+        dict(obs={"kind": "subsample", "every": 4, "sigma": 0.5}),
+    ),
+    "state-paired-fused": (
+        dict(shard="state", prior_score="paired", kernel="fused", inflation=1.1),
+        dict(obs={"kind": "subsample", "every": 4, "sigma": 0.5}),
+    ),
+    "members-mixture-fused": (
+        dict(shard="members", prior_score="mixture", kernel="fused"),
+        dict(obs={"kind": "identity", "sigma": 0.5}),
+    ),
+    "state-mixture-fused": (
+        dict(shard="state", prior_score="mixture", kernel="fused", rtps=0.3),
+        dict(obs={"kind": "stations", "n_stations": 40, "sigma": 0.5}, shape=(2, 16, 16)),
+    ),
 }
 N_STEPS = 20
 

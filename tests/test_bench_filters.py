@@ -38,18 +38,30 @@ def test_quick_benchmark_writes_the_rows(tmp_path):
     assert {"torch", "threads_per_process", "cpu", "date"} <= set(data["env"])
     assert max(data["loop_check"].values()) <= 1e-5
     rows = data["rows"]
-    ensf = {(r["case"], r["prior_score"], r["ranks"], r["shard"]) for r in rows if r["filter"] == "ensf"}
+    ensf = {
+        (r["case"], r["prior_score"], r["kernel"], r["ranks"], r["shard"])
+        for r in rows
+        if r["filter"] == "ensf"
+    }
     for case, scores in (("l96-1e4", ["paired"]), ("sqg-64", ["paired", "mixture"])):
         for score in scores:
-            assert {(case, score, 1, "-"), (case, score, 2, "members"), (case, score, 2, "state")} <= ensf
+            for k in ("torch", "fused"):  # old and new side by side
+                want = {
+                    (case, score, k, 1, "-"),
+                    (case, score, k, 2, "members"),
+                    (case, score, k, 2, "state"),
+                }
+                assert want <= ensf
     for r in rows:
         assert math.isfinite(r["time_s"]) and r["time_s"] > 0, r
         assert r["peak_rss"] > r["state_bytes"] > 0, r
-        if r["filter"] == "ensf" and r["ranks"] == 1:  # loop baseline beside every one-process row
+        if r["filter"] == "ensf":
+            assert r["ns_element_step"] > 0, r
+        if r["filter"] == "ensf" and r["ranks"] == 1 and r["kernel"] == "torch":  # loop baseline
             assert math.isfinite(r["loop_s"]) and r["loop_s"] > 0 and r["speedup"] > 0, r
     (letkf,) = [r for r in rows if r["filter"] == "letkf"]
     assert letkf["first_s"] > 0
     assert letkf["max_abs_diff"] <= 1e-4 and letkf["speedup"] > 0
     lensf = [r for r in rows if r["filter"] == "lensf"]
     assert len(lensf) == 5 and all(r["ratio_to_letkf"] > 0 and r["letkf_s"] > 0 for r in lensf)
-    assert "time[s]" in p.stdout and "speedup" in p.stdout
+    assert "time[s]" in p.stdout and "speedup" in p.stdout and "ns/el·st" in p.stdout

@@ -138,6 +138,11 @@ def _check_values(c: DictConfig) -> None:
         if shards
         else f"filter={f.name} runs on one rank only, got {f.ranks}",
     )
+    _check(
+        f.get("kernel", "torch") != "fused" or c.observation.transform == "linear",
+        "filter.kernel",
+        f"fused takes linear observations (observation.transform=linear), not {c.observation.transform}",
+    )
     pt, s, par = c.pretrain, c.surrogate, c.parallel
     _check(
         s.batch_size % (par.ranks * s.grad_accum) == 0,

@@ -24,7 +24,7 @@ def science_keys(cfg: DictConfig) -> dict:
         del c["model"]["state"]
     if c["observation"].get("channels", 0) is None:
         del c["observation"]["channels"]
-    for key, default in (("standardise", "point"), ("cap_spread", False)):
+    for key, default in (("standardise", "point"), ("cap_spread", False), ("kernel", "torch")):
         if c["filter"].get(key) == default:
             del c["filter"][key]
     keys = ["seed", "members", "model", "observation", "filter", "shocks", "forecaster"]

@@ -39,6 +39,10 @@ def generator(seed: int, cycle: int, stage: str) -> torch.Generator:
 # filter's integration), with (j+1)γ computed once and all buffers reused; ``counter_normal`` and
 # ``counter_bits`` are one-shot draws through it. Every variant does the same operations on each
 # element, so the numbers do not depend on how the array is cut.
+#
+# ``pair_normal`` uses both halves of Box–Muller, as the compiled EnSF kernel does: ξ_s for s = 2q is
+# ρ cos 2πu₂ and for s = 2q + 1 is ρ sin 2πu₂, with ρ, u₂ from the bits h of step q above (two
+# independent normals per hash, logarithm and sine/cosine).
 
 _MASK64 = (1 << 64) - 1
 _GAMMA = 0x9E3779B97F4A7C15
@@ -74,6 +78,25 @@ def mix64(z: torch.Tensor, scratch: torch.Tensor | None = None) -> torch.Tensor:
     return z
 
 
+def mix64_pure(z: torch.Tensor) -> torch.Tensor:
+    """``mix64`` without ``out=`` or in-place ops (for ``torch.compile``): a new tensor."""
+    for shift, mult in ((30, _MIX1), (27, _MIX2), (31, None)):
+        z = z ^ ((z >> shift) & ((1 << (64 - shift)) - 1))
+        z = z if mult is None else z * _signed(mult)
+    return z
+
+
+def row_seeds(key: int, step: int, rows: slice | range, device: torch.device | str = "cpu") -> torch.Tensor:
+    """b_i = mix(k_s + (i+1)γ) for the global rows i of step s (int64 [len(rows)])."""
+    k = mix64_int(mix64_int(key) + (step + 1) * _GAMMA)
+    return mix64_pure((_span(rows, device) + 1) * _signed(_GAMMA) + _signed(k))
+
+
+def col_terms(cols: slice | range, device: torch.device | str = "cpu") -> torch.Tensor:
+    """(j+1)γ for the global columns j (int64 [len(cols)])."""
+    return (_span(cols, device) + 1) * _signed(_GAMMA)
+
+
 def _span(s: slice | range, device) -> torch.Tensor:
     r = range(s.start or 0, s.stop, 1) if isinstance(s, slice) else s
     return torch.arange(r.start, r.stop, dtype=torch.int64, device=device)
@@ -98,8 +121,9 @@ class CounterNormal:
         max_cols: int | None = None,
     ) -> None:
         self.key = key
-        self.row_terms = (_span(rows, device) + 1).mul_(_signed(_GAMMA))  # (i+1)γ [r]
-        self.col_terms = (_span(cols, device) + 1).mul_(_signed(_GAMMA))  # (j+1)γ [c]
+        self.rows = rows
+        self.row_terms = col_terms(rows, device)  # (i+1)γ [r]
+        self.col_terms = col_terms(cols, device)  # (j+1)γ [c]
         width = self.col_terms.numel() if max_cols is None else min(max_cols, self.col_terms.numel())
         n = self.row_terms.numel() * width
         self._bits = torch.empty(n, dtype=torch.int64, device=device)
@@ -118,23 +142,23 @@ class CounterNormal:
     def bits(self, step: int, start: int = 0, stop: int | None = None) -> torch.Tensor:
         """h_ij (int64) for every row and the columns cols[start:stop], [r, stop − start]."""
         if step != self._step:  # b_i = mix(k_s + (i+1)γ), the same for every block of this step
-            k = mix64_int(mix64_int(self.key) + (step + 1) * _GAMMA)
-            self._b = mix64(self.row_terms + _signed(k))
+            self._b = row_seeds(self.key, step, self.rows, self.row_terms.device)
             self._step = step
         c = self.col_terms[start:stop]
         h = torch.add(self._b[:, None], c[None, :], out=self._view(self._bits, c.numel()))
         return mix64(h, self._view(self._tmp, c.numel()))
 
-    def draw(self, step: int, start: int = 0, stop: int | None = None) -> torch.Tensor:
-        """ξ_ij (float32) for every row and the columns cols[start:stop], [r, stop − start]."""
+    def draw(self, step: int, start: int = 0, stop: int | None = None, half: str = "cos") -> torch.Tensor:
+        """ξ_ij (float32) for every row and the columns cols[start:stop], [r, stop − start];
+        ``half="sin"``: the other normal of the pair, ρ sin 2πu₂."""
         h = self.bits(step, start, stop)
         width = h.shape[1]
         tmp = torch.bitwise_right_shift(h, 40, out=self._view(self._tmp, width))
         r = self._view(self._xi, width).copy_(tmp.bitwise_and_(0xFFFFFF))
         r.add_(1.0).mul_(2.0**-24).log_().mul_(-2.0).sqrt_()  # √(−2 ln u₁); +1 exact in float32 too
         torch.bitwise_right_shift(h, 16, out=tmp).bitwise_and_(0xFFFFFF)
-        c = self._view(self._u, width).copy_(tmp).mul_(2.0 * math.pi * 2.0**-24).cos_()  # cos 2πu₂
-        return r.mul_(c)
+        c = self._view(self._u, width).copy_(tmp).mul_(2.0 * math.pi * 2.0**-24)  # 2πu₂
+        return r.mul_(c.cos_() if half == "cos" else c.sin_())
 
 
 def counter_bits(
@@ -162,6 +186,21 @@ def counter_normal(
     same block drawn whole. Returns [len(rows), len(cols)] in ``dtype`` on ``device``.
     """
     return CounterNormal(key, rows, cols, device).draw(step).to(dtype)
+
+
+def pair_normal(
+    key: int,
+    step: int,
+    rows: slice | range,
+    cols: slice | range,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """ξ_s of the compiled EnSF kernel (``scoreda/kernels/ensf_fused.c``): the cos half of the hash of
+    step ⌊s/2⌋ for even s, its sin half for odd s; [len(rows), len(cols)], a pure function of
+    (key, s, i, j) like ``counter_normal``."""
+    half = "cos" if step % 2 == 0 else "sin"
+    return CounterNormal(key, rows, cols, device).draw(step // 2, half=half).to(dtype)
 
 
 def noise_key(gen: torch.Generator | None) -> int:

@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from scoreda.filters.letkf import LETKF
 
 UNOBSERVED = ("none", "regress")
+KERNELS = ("torch", "fused")
 
 
 @dataclass
@@ -65,6 +66,7 @@ class EnSF:
     cutoff: float = 2000.0  # Gaspari–Cohn cutoff of that regression (grid length units; .inf: global)
     cross_level: float = 1.0  # factor on the weight of observations on another level, in it
     shard: str = "members"  # how ranks split the work: "members" | "state"
+    kernel: str = "torch"  # the integration: "torch" (any device, operator) | "fused" (compiled, CPU)
     localiser: LETKF | None = field(default=None, metadata=CONSTRUCTED)  # the regression's geometry
     grid: tuple[int, int, int] | None = field(default=None, metadata=CONSTRUCTED)  # (C, H, W), periodic
     chunk_elements: int = field(default=1 << 17, metadata=CONSTRUCTED)  # m × columns of one block
@@ -91,6 +93,10 @@ class EnSF:
             raise ValueError(f"filter.unobserved: expected none or regress, got {self.unobserved!r}")
         if not 0 <= self.rtps_unobserved <= 1:
             raise ValueError(f"filter.rtps_unobserved: must be in [0, 1], got {self.rtps_unobserved}")
+        if self.kernel not in KERNELS:
+            raise ValueError(f"filter.kernel: expected torch or fused, got {self.kernel!r}")
+        if self.kernel == "fused" and self.standardise != "point":
+            raise ValueError("filter.kernel=fused takes filter.standardise=point")
         if self.standardise not in STANDARDISE:
             raise ValueError(f"filter.standardise: expected point or spectral, got {self.standardise!r}")
         check_common(self)

@@ -16,12 +16,13 @@ sweeps the blocks once, summing the next step's z·x̃ᵀ as it goes.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
 
-from scoreda.filters.ensf import prior_score
+from scoreda.filters.ensf import fused, prior_score
 from scoreda.filters.ensf.schedule import Step
 from scoreda.filters.ensf.standardise import PointBlock, SpectralBlock, Work
 from scoreda.seeding import CounterNormal
@@ -53,6 +54,8 @@ def integrate(
     over the blocks, then over the ranks with ``allreduce``) for the weights w [m, M].
     """
     m, n = rows.stop - rows.start, local.shape[1]
+    if f.kernel == "fused":
+        return integrate_fused(f, local, mean, std, y, operator, key, rows, cols, allreduce)
     spectral = f.standardise == "spectral"
     if spectral and f.grid is None:
         raise ValueError("filter.standardise=spectral: no grid (EnSF.from_config(filter, grid) sets it)")
@@ -106,6 +109,52 @@ def integrate(
     for blk, z in zip(parts, zs, strict=True):
         blk.to_state(z, out=out[:, blk.cols])
     return out
+
+
+def integrate_fused(f: EnSF, local, mean, std, y, operator, key, rows, cols, allreduce) -> torch.Tensor:
+    """``integrate`` through the fused step (``filter.kernel=fused``, ``fused``): the compiled
+    kernel on CPU, ``fused.run_torch`` elsewhere (``torch.compile``d on CUDA). ``paired``: one call
+    for all steps; ``mixture``: one per step, the weights from G = z·x̃ᵀ as above (on CPU the kernel
+    returns the next G). Arguments and result as ``integrate``."""
+    why = fused.unsupported(local, f.standardise)
+    lik = fused.diagonal_likelihood(operator, y, mean)
+    if why is None and lik is None:
+        why = "its likelihood score must be v − w x per index (a linear point observation)"
+    if why is not None:
+        raise ValueError(f"filter.kernel=fused: {why}; use filter.kernel=torch")
+    cpu = local.device.type == "cpu"
+    run = fused.run if cpu else functools.partial(fused.run_torch, compiled=local.device.type == "cuda")
+    steps, table, first = (
+        f.schedule.steps(),
+        fused.step_table(f.schedule.steps()),
+        (rows.start, cols.start or 0),
+    )
+    if f.prior_score == "paired":
+        x = ((local[rows] - mean) / std).contiguous()
+        z = torch.empty_like(x)
+        run(z, x, mean, std, lik, key, first, (0, len(steps) + 1), table, f.implicit)
+        return z.mul_(std).add_(mean)
+    x = ((local - mean) / std).contiguous()  # [M, d'] standardised members (float32)
+    x64 = x.to(torch.float64)
+    x_sq = x64.square().sum(1)
+    if allreduce is not None:
+        x_sq = allreduce(x_sq)
+    z = torch.empty(rows.stop - rows.start, local.shape[1], dtype=local.dtype, device=local.device)
+    run(z, z, mean, std, lik, key, first, (0, 1), table, False)  # z = ξ₀
+    g = z.to(torch.float64) @ x64.T
+    if cpu:
+        del x64
+    for i, st in enumerate(steps):
+        if allreduce is not None:
+            g = allreduce(g)
+        wts = prior_score.mixture_weights(st, g, x_sq)  # [m, M]
+        more = i + 1 < len(steps)
+        if cpu:
+            g = fused.mixture_step(z, x, wts, mean, std, lik, key, first, i + 1, table, f.implicit, more)
+        else:
+            run(z, (wts @ x64).to(z.dtype), mean, std, lik, key, first, (i + 1, i + 2), table, f.implicit)
+            g = z.to(torch.float64) @ x64.T if more else None
+    return z.mul_(std).add_(mean)
 
 
 def advance(
