@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -96,6 +97,20 @@ CASES = {
         dict(shard="state", prior_score="mixture", kernel="fused", rtps=0.3),
         dict(obs={"kind": "stations", "n_stations": 40, "sigma": 0.5}, shape=(2, 16, 16)),
     ),
+    # the LETKF (and LEnSF) on tiles of grid rows, sums from a halo of the cutoff: the strip's FFT
+    # in place of the grid's, so equal to rounding
+    "letkf-stations-levels": (
+        dict(filter="letkf", rtps=0.3, cross_level=0.5),
+        dict(obs={"kind": "stations", "n_stations": 40, "sigma": 0.5}, shape=(2, 16, 16)),
+    ),
+    "letkf-mda-arctan": (
+        dict(filter="letkf", mda=2, adaptive_inflation=True, rtpp=0.2),
+        dict(obs={"kind": "subsample", "every": 2, "sigma": 0.2, "transform": "arctan"}, shape=(2, 16, 16)),
+    ),
+    "letkf-1d": (  # a grid of one row: tiles along x
+        dict(filter="letkf", domain=(1.0, 1000.0), cutoff=20.0),
+        dict(obs={"kind": "subsample", "every": 4, "sigma": 0.5}),
+    ),
 }
 N_STEPS = 20
 
@@ -116,6 +131,10 @@ def analyse(name: str, comm=None) -> torch.Tensor | None:
     """The analysis of case ``name`` (on the ranks of ``comm``; None on ranks other than 0)."""
     settings, prob = CASES[name]
     prior, y, op = problem(**prob)
+    if settings.get("filter") == "letkf":
+        keys = {k: v for k, v in settings.items() if k != "filter"}
+        filt = dataclasses.replace(GRID, **keys)
+        return filt.analyse(prior, y, op, comm=comm).ensemble
     return (
         EnSF(n_steps=N_STEPS, **({"adaptive_inflation": False, "unobserved": "none"} | settings))
         .analyse(prior, y, op, torch.Generator().manual_seed(11), comm=comm)

@@ -87,7 +87,16 @@ def test_default_config_validates():
         (["filter.standardise=spectral", "filter.shard=state", "filter.ranks=2"], "filter.shard:"),
         (["observation.sigma=0"], "observation.sigma:"),
         (["filter.ranks=50"], "filter.ranks:"),
-        (["filter=letkf", "filter.ranks=2"], "filter.ranks: filter=letkf runs on one rank only"),
+        (
+            ["filter=letkf", "filter.ranks=2", "filter.shard=members"],
+            "filter.shard: filter=letkf runs on several",
+        ),
+        (
+            ["filter=letkf", "filter.ranks=2", "filter.cutoff=inf"],
+            "filter.cutoff: the global filter=letkf (cutoff=inf)",
+        ),
+        (["filter=letkf", "filter.ranks=80", "members=100"], "filter.ranks: 80 ranks for a grid of 64 rows"),
+        (["filter.kernel=fused", "observation=arctan"], "filter.kernel: fused takes linear observations"),
         (["filter=none", "filter.ranks=2", "filter.shard=state"], "filter.ranks: filter=none runs on one"),
         (["surrogate.step_hours=5"], "surrogate.step_hours:"),
         (["surrogate.step_hours=0"], "surrogate.step_hours:"),

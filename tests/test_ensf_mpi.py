@@ -30,6 +30,7 @@ HELPER = Path(__file__).parent / "ensf_mpi_cases.py"
 MPIEXEC = Path(sys.executable).parent / "mpiexec"
 ENV = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 ATOL = 1e-5  # one rank vs R ranks (absolute; the states here are O(1–10), SQG θ anomalies O(10 K))
+ATOL_TILES = 3e-5  # the LETKF's tiles: a strip's FFT in place of the grid's (measured ≤ 9.5e-6 on O(7))
 
 TINY = tuple(tiny(5, 20, "cycles=2", "progress=false"))
 
@@ -45,9 +46,14 @@ def mpirun(ranks: int, *args: str, timeout: float = 180) -> subprocess.Completed
     )
 
 
+def _tiny(overrides) -> list[str]:
+    """TINY, less the EnSF's filter.n_steps where the filter is the LETKF."""
+    return [o for o in TINY if "filter=letkf" not in overrides or not o.startswith("filter.n_steps")]
+
+
 def _compose(run_dir: Path, *overrides: str):
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        return compose("config", overrides=[*TINY, f"run_dir={run_dir}", *overrides])
+        return compose("config", overrides=[*_tiny(overrides), f"run_dir={run_dir}", *overrides])
 
 
 def _forecast_ready(run_dir: Path, *overrides: str) -> Path:
@@ -79,7 +85,7 @@ def test_ensf_on_ranks_equals_one_rank(ranks, one_rank, tmp_path):
     for name in CASES:
         assert got[name].shape == one_rank[name].shape, name
         err = float(np.abs(got[name] - one_rank[name]).max())
-        assert err <= ATOL, (name, err)
+        assert err <= (ATOL_TILES if name.startswith("letkf") else ATOL), (name, err)
         if name.startswith("members"):  # no reduction changes order: the same numbers
             assert np.array_equal(got[name], one_rank[name]), name
 
@@ -117,8 +123,19 @@ def test_fewer_members_or_state_than_ranks_is_one_line_error(args, message):
             ["filter=lensf", "filter.white=0.5", "filter.adaptive_white=true", "filter.desroziers=1"]
             + ["observation=arctan", "filter.rtpp=0.2"],
         ),
+        (2, ["filter=letkf", "filter.adaptive_inflation=true"]),
+        (3, ["filter=letkf", "filter.mda=2", "observation=arctan", "filter.cross_level=0.5"]),
+        (2, ["filter.kernel=fused", "filter.shard=state", "filter.prior_score=mixture"]),
     ],
-    ids=["2-members-paired", "3-state-mixture-arctan", "2-lensf-mixture-white", "3-lensf-arctan"],
+    ids=[
+        "2-members-paired",
+        "3-state-mixture-arctan",
+        "2-lensf-mixture-white",
+        "3-lensf-arctan",
+        "2-letkf-adaptive",
+        "3-letkf-mda-arctan",
+        "2-fused-state-mixture",
+    ],
 )
 def test_analysis_stage_on_ranks_equals_one_rank(ranks, overrides, tmp_path):
     """``mpiexec -n R python -m scoreda.stages.analysis`` writes (rank 0 only) the one-rank analysis."""
@@ -131,7 +148,7 @@ def test_analysis_stage_on_ranks_equals_one_rank(ranks, overrides, tmp_path):
     expect, _ = read_state(ref / "cycles" / "000001" / "analysis.h5")
     got, attrs = read_state(run / "cycles" / "000001" / "analysis.h5")
     assert got.shape == (5, 2, 16, 16) and int(attrs["cycle"]) == 1
-    assert float(np.abs(got - expect).max()) <= ATOL  # measured: 0 (members), ≤ 1e-6 (state)
+    assert float(np.abs(got - expect).max()) <= ATOL_TILES  # measured: 0 (members), ≤ 1e-6 (state)
     assert sorted(f.name for f in (run / "cycles" / "000001").iterdir()) == [
         "analysis.h5",
         "forecast.h5",
@@ -171,16 +188,18 @@ def test_ranks_other_than_the_mpi_world_is_one_line_error(ranks, launched, tmp_p
 
 
 def _cycle(run_dir: Path, *overrides: str) -> None:
-    cmd = [*CYCLE, f"run_dir={run_dir}", *TINY, *overrides]
+    cmd = [*CYCLE, f"run_dir={run_dir}", *_tiny(overrides), *overrides]
     p = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
 
 
 @pytest.mark.slow
-def test_workflow_with_two_ranks_equals_one_rank(tmp_path):
+@pytest.mark.parametrize(
+    "common", [["filter.prior_score=mixture", "filter.shard=state"], ["filter=letkf"]], ids=["ensf", "letkf"]
+)
+def test_workflow_with_two_ranks_equals_one_rank(common, tmp_path):
     """``workflows/cycle.py filter.ranks=2``: the analysis runs as an MPI job (platform.mpi_launcher)
-    and two cycles give the one-rank analyses."""
-    common = ["filter.prior_score=mixture", "filter.shard=state"]
+    and two cycles give the one-rank analyses (the LETKF's tiles to rounding)."""
     _cycle(tmp_path / "one", *common)
     _cycle(tmp_path / "two", *common, "filter.ranks=2")
     assert (tmp_path / "two" / "logs" / "analysis-000002.err").is_file()  # launched through mpiexec
@@ -188,4 +207,4 @@ def test_workflow_with_two_ranks_equals_one_rank(tmp_path):
     for cycle in (1, 2):
         expect, _ = read_state(tmp_path / "one" / "cycles" / f"{cycle:06d}" / "analysis.h5")
         got, _ = read_state(tmp_path / "two" / "cycles" / f"{cycle:06d}" / "analysis.h5")
-        assert float(np.abs(got - expect).max()) <= ATOL, cycle
+        assert float(np.abs(got - expect).max()) <= ATOL_TILES, cycle

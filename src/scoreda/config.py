@@ -138,6 +138,19 @@ def _check_values(c: DictConfig) -> None:
         if shards
         else f"filter={f.name} runs on one rank only, got {f.ranks}",
     )
+    if f.ranks > 1 and f.name in ("letkf", "lensf"):  # tiles of grid rows (LETKF.tile)
+        cutoff = math.inf if f.cutoff is None else float(f.cutoff)
+        _check(
+            math.isfinite(cutoff),
+            "filter.cutoff",
+            f"the global filter={f.name} (cutoff=inf) runs on one rank",
+        )
+        rows = grid.shape[1] if grid.shape[1] > 1 else grid.shape[2]
+        _check(
+            f.ranks <= rows,
+            "filter.ranks",
+            f"{f.ranks} ranks for a grid of {rows} rows (one row each at least)",
+        )
     _check(
         f.get("kernel", "torch") != "fused" or c.observation.transform == "linear",
         "filter.kernel",

@@ -68,7 +68,7 @@ import torch
 from scoreda.filters import CONSTRUCTED, Analysis, Capabilities, check_common, config_keys, pointwise
 from scoreda.filters.letkf import LETKF
 from scoreda.filters.processing import Processing, innovation_white, observed_slope2, white_fit
-from scoreda.filters.sharding import Collective, block
+from scoreda.filters.sharding import Collective
 from scoreda.observations import ObservationOperator, PointObservation
 from scoreda.seeding import counter_normal, noise_key
 
@@ -103,7 +103,7 @@ class LEnSF:
     # | "pointwise" (Gaussian pseudo-observations from each point's exact posterior)
     likelihood: str = "pointwise"
     localiser: LETKF | None = field(default=None, metadata=CONSTRUCTED)  # the local analyses' geometry
-    capabilities: ClassVar[Capabilities] = Capabilities(shards=("state",))  # blocks of grid positions
+    capabilities: ClassVar[Capabilities] = Capabilities(shards=("state",))  # tiles of grid rows
 
     def __post_init__(self) -> None:
         if not 0 < self.bandwidth <= 1:
@@ -162,15 +162,18 @@ class LEnSF:
         ``start=rotated`` and the noise of the white part.
 
         With ``comm`` (R ranks, ``shard=state``) every rank passes the full prior and all
-        observations and computes the local sums (FFTs, cheap); rank r does the local analyses of
-        block r of the grid positions (the eigh and the transport, the cost) on ``device``; the
-        blocks are summed over the ranks (``ensemble_analysis``), then rank 0 adds the white part and
+        observations; rank r does the local sums and analyses of tile r of the grid rows
+        (``LETKF.tile``: the sums from the observations within the cutoff's halo) on ``device``; the
+        tiles are summed over the ranks (``ensemble_analysis``), then rank 0 adds the white part and
         post-processes, the others return None. Each local analysis is the same computation on any
-        split, so R ranks give one rank's result. ``mda`` > 1: that many ensemble-space passes in
-        turn (the LETKF's multiple data assimilation) before the white part."""
+        split up to the strip's FFT, so R ranks give one rank's result to rounding. ``mda`` > 1: that
+        many ensemble-space passes in turn (the LETKF's multiple data assimilation) before the
+        white part."""
         if self.localiser is None:
             raise ValueError("filter=lensf: no localiser (LEnSF.from_config(filter, grid) builds it)")
         R, rank = (1, 0) if comm is None else (comm.size, comm.rank)
+        if R > 1 and not math.isfinite(self.cutoff):
+            raise ValueError("filter.ranks: the global LEnSF (filter.cutoff=inf) runs on one rank")
         device = prior.device if device is None else torch.device(device)
         processing = self.processing
         y = y.to(device)
@@ -222,26 +225,25 @@ class LEnSF:
         observation errors σ_j (``sigma``; ``white`` [p] the σ_w² at each observation) × √mda, h
         linearised over ``prior``; the members start from their own ũ_m, or from ũ_m ``rotation``.
         ``base`` [p]: the observations' error stds in place of σo (pseudo-observations). With
-        ``comm``, rank r analyses block r of the grid positions and the blocks are summed over the
-        ranks (zeros elsewhere: exact)."""
+        ``comm``, rank r analyses tile r of the grid (``LETKF.tile``, its sums from the observations
+        within the cutoff's halo) and the tiles are summed over the ranks (zeros elsewhere: exact)."""
         M, d = prior.shape
         R, rank = (1, 0) if comm is None else (comm.size, comm.rank)
         sigma = self.sigma(prior, operator, white, base)
         if self.mda > 1:
             sigma = math.sqrt(self.mda) * (torch.full_like(y, operator.sigma) if sigma is None else sigma)
-        mean, U, sums, x = self.localiser.ensemble_space(prior, y, operator, sigma)
+        tile = self.localiser.tile(d, R, rank) if R > 1 else None
+        mean, U, sums, x = self.localiser.ensemble_space(prior, y, operator, sigma, tile)
         if self.bandwidth == 1.0 and rotation is None:  # the transport's closed form
             analyse = functools.partial(self.square_root, U=U)
         else:
             members = math.sqrt(M - 1) * U.double()  # ũ_m [M, K]
             starts = members if rotation is None else members @ rotation.to(members)
             analyse = functools.partial(self.transport, members=members, starts=starts)
-        G = sums.shape[-1]  # H·W positions (1: global)
-        positions = block(G, R, rank)
-        out = self.localiser.local_analyses(sums, x, analyse, positions)  # [M, C, G_r]
+        out = self.localiser.local_analyses(sums, x, analyse)  # [M, C, G_r]
         if R > 1:
-            full = out.new_zeros(*out.shape[:2], G)
-            full[..., positions] = out
+            full = out.new_zeros(*out.shape[:2], d // out.shape[1])
+            full[..., tile] = out
             out = comm.allreduce(full)
         return (mean + out.to(prior.device).reshape(M, d)).to(prior.dtype)
 

@@ -67,6 +67,7 @@ import torch
 
 from scoreda.filters import CONSTRUCTED, Analysis, Capabilities, check_common, config_keys
 from scoreda.filters.processing import Processing
+from scoreda.filters.sharding import Collective, block
 from scoreda.observations import ObservationOperator
 
 if TYPE_CHECKING:
@@ -102,7 +103,7 @@ class LETKF:
     # bound on the elements of one batch (FFT fields, local analyses)
     chunk_elements: int = field(default=1 << 23, metadata=CONSTRUCTED)
     _cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
-    capabilities: ClassVar[Capabilities] = Capabilities()  # one rank
+    capabilities: ClassVar[Capabilities] = Capabilities(shards=("state",))  # tiles of grid rows
 
     def __post_init__(self) -> None:
         if self.cutoff is None:
@@ -172,20 +173,44 @@ class LETKF:
             f[n0 : n0 + step] = torch.fft.irfft2(torch.fft.rfft2(f[n0 : n0 + step]) * kernel, s=(H, W))
         return f
 
-    def gridded_sums(self, terms: torch.Tensor, ind: torch.Tensor, d: int) -> torch.Tensor:
+    def gridded_sums(
+        self, terms: torch.Tensor, ind: torch.Tensor, d: int, tile: slice | None = None
+    ) -> torch.Tensor:
         """Local sums of per-observation terms [n, p] (observation j at flat state index ind[j] of a
         state of size d): the terms summed onto the grid, levels mixed with λ, convolved with τ.
         [n, C_a, G]: C_a = 1 level set when ``cross_level == 1`` (or C = 1), else C; G = H·W (1 if
-        the cutoff is infinite)."""
+        the cutoff is infinite). ``tile`` (``LETKF.tile``): only the sums at those positions, from
+        the observations in a halo of the cutoff around its rows — a strip of the grid whose
+        periodic convolution by FFT is exact on the tile, since τ vanishes beyond the halo."""
         C, H, W = self.grid(d)
-        n = len(terms)
+        if tile is None:
+            return self._sums(terms, ind // (H * W), ind % (H * W), C, (H, W))
+        rows, width = (H, W) if H > 1 else (W, 1)
+        r0, r1 = tile.start // width, tile.stop // width
+        halo = max(0, math.ceil(self.cutoff / self.dx) - 1)  # rows at offsets with τ > 0
+        strip = r1 - r0 + 2 * halo
+        if strip >= rows:  # the halo covers the grid: its sums, restricted
+            return self.gridded_sums(terms, ind, d)[..., tile]
+        pos = ind % (H * W)
+        row = (pos // width - (r0 - halo)) % rows  # row in the strip
+        keep = row < strip
+        pos = row[keep] * width + pos[keep] % width
+        sums = self._sums(terms[:, keep], ind[keep] // (H * W), pos, C, (strip, width))
+        return sums[..., halo * width : (halo + r1 - r0) * width]
+
+    def _sums(
+        self, terms: torch.Tensor, level: torch.Tensor, pos: torch.Tensor, C: int, shape
+    ) -> torch.Tensor:
+        """``gridded_sums`` on a periodic grid ``shape`` (H, W), observation j at ``pos[j]`` of
+        level ``level[j]``: [n, C_a, H·W]."""
+        n, G = len(terms), shape[0] * shape[1]
         if C == 1 or self.cross_level == 1.0:  # one level set: sum all levels onto the H·W positions
-            gridded = terms.new_zeros(n, 1, H * W).index_add_(2, ind % (H * W), terms[:, None])
+            gridded = terms.new_zeros(n, 1, G).index_add_(2, pos, terms[:, None])
         else:  # each level its own: mix the levels with λ [C, C]
-            gridded = terms.new_zeros(n, C * H * W).index_add_(1, ind, terms)
+            gridded = terms.new_zeros(n, C * G).index_add_(1, level * G + pos, terms)
             mix = torch.full((C, C), self.cross_level, dtype=terms.dtype, device=terms.device)
-            gridded = mix.fill_diagonal_(1.0) @ gridded.view(n, C, H * W)
-        return self.local_sums(gridded.view(*gridded.shape[:2], H, W)).flatten(2)
+            gridded = mix.fill_diagonal_(1.0) @ gridded.view(n, C, G)
+        return self.local_sums(gridded.view(*gridded.shape[:2], *shape)).flatten(2)
 
     @staticmethod
     def member_basis(M: int, dtype: torch.dtype, device) -> torch.Tensor:
@@ -283,32 +308,79 @@ class LETKF:
         y: torch.Tensor,
         operator: ObservationOperator,
         generator: torch.Generator | None = None,
+        comm: Collective | None = None,
+        device: torch.device | str | None = None,
     ) -> Analysis:
         """Analysis ensemble [M, d] from the forecast ensemble ``prior`` [M, d] and obs ``y`` [p];
-        diagnostics: ``inflation``, the factor the forecast anomalies were multiplied by."""
+        diagnostics: ``inflation``, the factor the forecast anomalies were multiplied by.
+
+        With ``comm`` (R ranks, ``shard=state``) every rank passes the whole prior and all
+        observations; rank r analyses the grid rows of tile r (``tile_rows``) from the observations
+        within a halo of the cutoff (``ensemble_space``), and rank 0 returns the gathered analysis
+        (None elsewhere): one rank's result to rounding (the strip's FFT in place of the grid's)."""
+        if device is not None:
+            prior, y = prior.to(device), y.to(device)
+        if comm is not None and comm.size > 1 and not math.isfinite(self.cutoff):
+            raise ValueError("filter.ranks: the global ETKF (filter.cutoff=inf) runs on one rank")
         processing = self.processing
         prior, inflation = processing.before(prior, y, operator)
-        return Analysis(
-            processing.after(self._analyse(prior, y, operator), prior, operator), {"inflation": inflation}
-        )
+        post = self._analyse(prior, y, operator, comm)
+        if post is None:
+            return Analysis(None, {"inflation": inflation})
+        return Analysis(processing.after(post, prior, operator), {"inflation": inflation})
 
-    def _analyse(self, prior: torch.Tensor, y: torch.Tensor, operator: ObservationOperator) -> torch.Tensor:
+    def _analyse(
+        self,
+        prior: torch.Tensor,
+        y: torch.Tensor,
+        operator: ObservationOperator,
+        comm: Collective | None = None,
+    ) -> torch.Tensor | None:
         """The local analyses [M, d] of the (inflated) forecast ``prior`` [M, d], before RTPP/RTPS:
         ``mda`` of them in turn (multiple data assimilation, Emerick & Reynolds 2013, with the
         square root), each with σo √(mda · obs_inflation) and Yb = h(X) − ȳ of the ensemble it
-        updates; for a linear h and no localisation the result does not depend on ``mda``."""
+        updates; for a linear h and no localisation the result does not depend on ``mda``.
+        With ``comm``: rank r's tile, summed over the ranks between passes (zeros elsewhere: exact)
+        and gathered on rank 0 after the last (None on the other ranks)."""
         M, d = prior.shape
+        R, rank = (1, 0) if comm is None else (comm.size, comm.rank)
         self.grid(d)  # the state fits the grid
         if operator.indices.numel() == 0:
-            return prior.clone()
+            return prior.clone() if rank == 0 else None
         factor = self.mda * self.obs_inflation
         sigma = None if factor == 1 else torch.full_like(y, operator.sigma * math.sqrt(factor))
         ensemble = prior
-        for _ in range(self.mda):
-            mean, U, sums, x = self.ensemble_space(ensemble, y, operator, sigma)
-            out = self.local_analyses(sums, x, lambda s, xb: self.transform(s, xb, M - 1)).reshape(M, d)
-            ensemble = (mean + out[-1:] + U @ out[:-1]).to(prior.dtype)  # mean + increment + anomalies
+        for k in range(self.mda):
+            tile = self.tile(d, R, rank) if R > 1 else None
+            mean, U, sums, x = self.ensemble_space(ensemble, y, operator, sigma, tile)
+            out = self.local_analyses(sums, x, lambda s, xb: self.transform(s, xb, M - 1))  # [M, C, G_r]
+            C, G_r = out.shape[1:]
+            if tile is not None:  # this tile's forecast mean, [1, C, G_r]
+                mean = mean.reshape(1, C, -1)[..., tile]
+            update = mean.reshape(1, C, G_r) + out[-1:] + (U @ out[:-1].reshape(M - 1, -1)).reshape(M, C, G_r)
+            update = update.to(prior.dtype)
+            if tile is None:
+                ensemble = update.reshape(M, d)
+            elif k + 1 < self.mda:  # every rank needs the whole ensemble for the next pass
+                full = update.new_zeros(M, C, d // C)
+                full[..., tile] = update
+                ensemble = comm.allreduce(full).reshape(M, d)  # zeros elsewhere: exact
+            else:
+                ensemble = comm.gather(update.contiguous(), dim=2)
+                ensemble = None if ensemble is None else ensemble.to(prior.device).reshape(M, d)
         return ensemble
+
+    def tile(self, d: int, ranks: int, rank: int) -> slice:
+        """The grid positions (of H·W) that rank ``rank`` of ``ranks`` analyses: a block of rows of
+        the grid (of the x axis for a grid of one row), contiguous in the flattened positions."""
+        _, H, W = self.grid(d)
+        rows, width = (H, W) if H > 1 else (W, 1)
+        if ranks > rows:
+            raise ValueError(
+                f"filter.ranks: {ranks} ranks for a grid of {rows} rows: each rank needs at least one row"
+            )
+        r = block(rows, ranks, rank)
+        return slice(r.start * width, r.stop * width)
 
     def ensemble_space(
         self,
@@ -316,12 +388,14 @@ class LETKF:
         y: torch.Tensor,
         operator: ObservationOperator,
         sigma: torch.Tensor | None = None,
+        tile: slice | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """What the local analyses need, for all of them at once (K = M − 1 coordinates of 1⊥):
         the forecast mean [1, d], the member basis U [M, K], the local sums [L + K, C_a, G] (packed
         lower triangle of Σ_j w_j y_j y_jᵀ, then Σ_j w_j y_j δ_j, y_j = Uᵀ Yb_j / σ_j, δ scaled by
         1/σ_j) and the forecast anomalies Uᵀ Xb of the points each analysis updates [C_a, G, c, K].
-        σ_j = ``sigma`` [p] (default: σo for every observation)."""
+        σ_j = ``sigma`` [p] (default: σo for every observation). ``tile``: the sums and anomalies of
+        those positions only (G → the tile's), from the observations within the halo."""
         M, d = prior.shape
         mean = prior.mean(0, keepdim=True)
         xb = prior - mean
@@ -332,9 +406,11 @@ class LETKF:
         yb, dy = U.T @ (hx - ybar) / sig, (y.to(hx) - ybar) / sig  # Uᵀ Yb, δ scaled by 1/σo: [K, p], [p]
         il = torch.tril_indices(M - 1, M - 1, device=hx.device)
         terms = torch.cat([yb[il[0]] * yb[il[1]], yb * dy])  # P_j (packed), q_j: [L + K, p]
-        sums = self.gridded_sums(terms, operator.indices.to(hx.device), d)  # [L + K, C_a, G]
-        ca, G = sums.shape[1:]  # G = H·W, or 1 for the global ETKF
-        return mean, U, sums, self.point_anomalies(U.T @ xb.to(U.dtype), ca, G)
+        sums = self.gridded_sums(terms, operator.indices.to(hx.device), d, tile)  # [L + K, C_a, G]
+        ca = sums.shape[1]
+        G = d // self.grid(d)[0] if math.isfinite(self.cutoff) else 1  # H·W, or 1 for the global ETKF
+        x = self.point_anomalies(U.T @ xb.to(U.dtype), ca, G)
+        return mean, U, sums, x if tile is None else x[:, tile]
 
     def local_analyses(
         self, sums: torch.Tensor, x: torch.Tensor, analyse, positions: slice = slice(None)
