@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "bench_filters.py"
@@ -65,3 +66,15 @@ def test_quick_benchmark_writes_the_rows(tmp_path):
     lensf = [r for r in rows if r["filter"] == "lensf"]
     assert len(lensf) == 5 and all(r["ratio_to_letkf"] > 0 and r["letkf_s"] > 0 for r in lensf)
     assert "time[s]" in p.stdout and "speedup" in p.stdout and "ns/el·st" in p.stdout
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal without a GPU")
+def test_gpu_check_without_a_gpu_is_one_line_error(tmp_path):
+    """``scripts/gpu_check.sh`` (the GPU rows of every benchmark) stops at once without CUDA."""
+    p = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "gpu_check.sh"), str(tmp_path / "out")],
+        cwd=ROOT, env={**os.environ, "PY": sys.executable}, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert p.returncode != 0
+    assert p.stderr.strip() == "gpu_check.sh: no CUDA device (torch.cuda.is_available() is False)"
+    assert not (tmp_path / "out").exists()
