@@ -60,8 +60,8 @@ def test_quick_benchmark_writes_the_rows(tmp_path):
             assert r["ns_element_step"] > 0, r
         if r["filter"] == "ensf" and r["ranks"] == 1 and r["kernel"] == "torch":  # loop baseline
             assert math.isfinite(r["loop_s"]) and r["loop_s"] > 0 and r["speedup"] > 0, r
-    (letkf,) = [r for r in rows if r["filter"] == "letkf"]
-    assert letkf["first_s"] > 0
+    letkf, letkf_2 = sorted((r for r in rows if r["filter"] == "letkf"), key=lambda r: r["ranks"])
+    assert letkf["first_s"] > 0 and letkf_2["ranks"] == 2 and letkf_2["time_s"] > 0
     assert letkf["max_abs_diff"] <= 1e-4 and letkf["speedup"] > 0
     lensf = [r for r in rows if r["filter"] == "lensf"]
     assert len(lensf) == 5 and all(r["ratio_to_letkf"] > 0 and r["letkf_s"] > 0 for r in lensf)
