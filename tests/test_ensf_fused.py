@@ -1,6 +1,6 @@
 """``filter.kernel=fused``: the compiled EnSF kernel against its torch form (the code the GPU runs),
-its noise against ``seeding.pair_normal``, any cut of the array against the whole, the analysis
-against ``kernel=torch`` in distribution, the kernel cache and the clear errors."""
+its noise against ``counter_normal(pairs=True)``, any cut of the array against the whole, the
+analysis against ``kernel=torch`` in distribution, the kernel cache and the clear errors."""
 
 import math
 import os
@@ -15,7 +15,7 @@ from scoreda import kernels
 from scoreda.filters.ensf import EnSF, fused
 from scoreda.filters.ensf.schedule import Schedule
 from scoreda.observations import make_observation_operator
-from scoreda.seeding import pair_normal
+from scoreda.seeding import counter_normal
 
 KEY = 11
 
@@ -31,22 +31,22 @@ def case(m: int = 6, c: int = 3000, seed: int = 0):
 
 
 @pytest.mark.parametrize("s", range(5))
-def test_kernel_noise_is_pair_normal(s):
+def test_kernel_noise_is_counter_normal_pairs(s):
     """ξ_s of the kernel (z = 0 stepped with P = Q = A = 0, S = 1) against the torch reference with
     torch's log/cos/sin: ≤ 2e-6 (measured 1.1–1.4e-6: the kernel's polynomials, float32)."""
     x, mean, std, _, _ = case()
     ident = torch.tensor([[0, 0, 0, 0, 0, 0, 1.0]] * 5, dtype=torch.float64)
     z = torch.zeros_like(x)
     fused.run(z, x, mean, std, (None, None), KEY, (3, 7), (s, s + 1), ident, False)
-    ref = pair_normal(KEY, s, range(3, 3 + x.shape[0]), range(7, 7 + x.shape[1]))
+    ref = counter_normal(KEY, s, range(3, 3 + x.shape[0]), range(7, 7 + x.shape[1]), pairs=True)
     assert float((z - ref).abs().max()) <= 2e-6
 
 
-def test_pair_normal_is_standard_normal_and_halves_independent():
+def test_paired_noise_is_standard_normal_and_halves_independent():
     """Both halves: 10⁶ draws each with the moments of N(0, 1) (5 standard errors), KS; the cos and
     sin halves of one hash uncorrelated, also in |ξ|."""
-    a = pair_normal(1234, 6, range(200), range(5000), torch.float64).reshape(-1)
-    b = pair_normal(1234, 7, range(200), range(5000), torch.float64).reshape(-1)
+    a = counter_normal(1234, 6, range(200), range(5000), torch.float64, pairs=True).reshape(-1)
+    b = counter_normal(1234, 7, range(200), range(5000), torch.float64, pairs=True).reshape(-1)
     n = a.numel()
     for x in (a, b):
         assert abs(float(x.mean())) < 5 / math.sqrt(n)

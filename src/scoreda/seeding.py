@@ -40,9 +40,9 @@ def generator(seed: int, cycle: int, stage: str) -> torch.Generator:
 # ``counter_bits`` are one-shot draws through it. Every variant does the same operations on each
 # element, so the numbers do not depend on how the array is cut.
 #
-# ``pair_normal`` uses both halves of Box–Muller, as the compiled EnSF kernel does: ξ_s for s = 2q is
-# ρ cos 2πu₂ and for s = 2q + 1 is ρ sin 2πu₂, with ρ, u₂ from the bits h of step q above (two
-# independent normals per hash, logarithm and sine/cosine).
+# ``counter_normal(pairs=True)`` uses both halves of Box–Muller, as the compiled EnSF kernel does:
+# ξ_s for s = 2q is ρ cos 2πu₂ and for s = 2q + 1 is ρ sin 2πu₂, with ρ, u₂ from the bits h of step q
+# above (two independent normals per hash, logarithm and sine/cosine).
 
 _MASK64 = (1 << 64) - 1
 _GAMMA = 0x9E3779B97F4A7C15
@@ -179,28 +179,19 @@ def counter_normal(
     cols: slice | range,
     dtype: torch.dtype = torch.float32,
     device: torch.device | str = "cpu",
+    pairs: bool = False,
 ) -> torch.Tensor:
     """Standard normal numbers ξ[i, j] for global rows i ∈ ``rows`` and columns j ∈ ``cols``, step ``step``.
 
     A pure function of (key, step, i, j): any block of the global [rows × cols] array equals the
-    same block drawn whole. Returns [len(rows), len(cols)] in ``dtype`` on ``device``.
+    same block drawn whole. Returns [len(rows), len(cols)] in ``dtype`` on ``device``. ``pairs``:
+    ξ_s of the compiled EnSF kernel (``scoreda/kernels/ensf_fused.c``), the cos half of the hash of
+    step ⌊s/2⌋ for even s and its sin half for odd s.
     """
+    if pairs:
+        half = "cos" if step % 2 == 0 else "sin"
+        return CounterNormal(key, rows, cols, device).draw(step // 2, half=half).to(dtype)
     return CounterNormal(key, rows, cols, device).draw(step).to(dtype)
-
-
-def pair_normal(
-    key: int,
-    step: int,
-    rows: slice | range,
-    cols: slice | range,
-    dtype: torch.dtype = torch.float32,
-    device: torch.device | str = "cpu",
-) -> torch.Tensor:
-    """ξ_s of the compiled EnSF kernel (``scoreda/kernels/ensf_fused.c``): the cos half of the hash of
-    step ⌊s/2⌋ for even s, its sin half for odd s; [len(rows), len(cols)], a pure function of
-    (key, s, i, j) like ``counter_normal``."""
-    half = "cos" if step % 2 == 0 else "sin"
-    return CounterNormal(key, rows, cols, device).draw(step // 2, half=half).to(dtype)
 
 
 def noise_key(gen: torch.Generator | None) -> int:

@@ -5,8 +5,8 @@ pass, the step written as the affine map z ← z + P + Q z + A x̃ + S ξ (see t
 It takes point standardisation, float32 and an observation operator whose likelihood score is
 diagonal and affine in x, ∇ₓ log p(y|x) = v − w ⊙ x (every linear ``PointObservation``; checked on a
 probe, ``diagonal_likelihood``). Its noise is the counter noise of ``scoreda.seeding`` with both
-halves of Box–Muller used (``CounterNormal(..., pairs=True)``), so its numbers differ from
-``kernel=torch`` in the draws, not in distribution."""
+halves of Box–Muller used (``scoreda.seeding.counter_normal(pairs=True)``), so its numbers differ
+from ``kernel=torch`` in the draws, not in distribution."""
 
 from __future__ import annotations
 
@@ -149,7 +149,7 @@ def mixture_step(
 
 def pair_noise(b: torch.Tensor, cols: torch.Tensor, odd: bool) -> torch.Tensor:
     """ξ [m, c] of the kernel from the row seeds b [m] and column terms (j+1)γ [c] (int64): ρ cos 2πu₂
-    (even s) or ρ sin 2πu₂ (odd s); ``scoreda.seeding.pair_normal`` without its buffers."""
+    (even s) or ρ sin 2πu₂ (odd s); ``seeding.counter_normal(pairs=True)`` without its buffers."""
     h = mix64_pure(b[:, None] + cols[None, :])
     r = (((h >> 40) & 0xFFFFFF) + 1).to(torch.float32).mul(2.0**-24).log().mul(-2.0).sqrt()
     phase = ((h >> 16) & 0xFFFFFF).to(torch.float32).mul(2.0 * math.pi * 2.0**-24)
