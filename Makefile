@@ -30,7 +30,7 @@ $(STAMP): pyproject.toml constraints.txt
 	@# DeepSpeed JIT-compiles its CPU shared-memory comm op on first use; build it once here.
 	$(PY) -c "from deepspeed.ops.op_builder.cpu import ShareMemCommBuilder as B; B().load(verbose=False)"
 	@# The compiled CPU kernels (filter.kernel=fused) into this machine's cache, so no run pays for it.
-	$(PY) -m scoreda.kernels || echo "no C compiler: filter.kernel=fused will not run here (kernel=torch does)"
+	@$(PY) -m scoreda.kernels || echo "no C compiler: filter.kernel=fused will not run here (kernel=torch does)"
 	@touch $@
 
 run: $(STAMP)

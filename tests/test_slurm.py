@@ -98,6 +98,21 @@ def test_sbatch_runs_the_cycle_with_srun_mpi_stages(straight):
         assert (base / "run" / "cycles" / f"{k:06d}" / "analysis.h5").is_file()
 
 
+def test_sbatch_runs_the_letkf_on_two_ranks_of_tiles(slurm, tmp_path):
+    """``filter=letkf filter.ranks=2`` under sbatch: each analysis an srun job step of 2 ranks, each
+    rank one tile of grid rows; the analyses improve on the forecasts."""
+    small = [o for o in SMALL if not o.startswith("filter.n_steps")]  # an EnSF key
+    job = sbatch(slurm, tmp_path, "--time=10", "slurm/slurm.sbatch", f"run_dir={tmp_path}/run", "cycles=2",
+                 "filter=letkf", *small)  # fmt: skip
+    wait_for(tmp_path / "run" / "summary.json", 600)
+    wait_idle(slurm)
+    assert "analysis RMSE" in (tmp_path / f"job-{job}.out").read_text()
+    r = rows(tmp_path / "run")
+    assert [int(x["cycle"]) for x in r] == [1, 2]
+    assert all(float(x["rmse_analysis"]) < float(x["rmse_forecast"]) for x in r)
+    assert "srun --ntasks=2" in (tmp_path / "run" / "logs" / "analysis-000001.err").read_text()
+
+
 def test_walltime_stop_resubmits_and_ends_equal_to_an_unbroken_run(slurm, straight, tmp_path):
     """A 3-minute job where a cycle counts as 155 s (platform.min_cycle_s) starts cycles only in its
     first ~25 s: fewer than the 24 asked (on an idle 2-core machine 10 small cycles fitted in those
