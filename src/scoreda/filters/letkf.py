@@ -315,7 +315,7 @@ class LETKF:
         diagnostics: ``inflation``, the factor the forecast anomalies were multiplied by.
 
         With ``comm`` (R ranks, ``shard=state``) every rank passes the whole prior and all
-        observations; rank r analyses the grid rows of tile r (``tile_rows``) from the observations
+        observations; rank r analyses the grid rows of tile r (``tile``) from the observations
         within a halo of the cutoff (``ensemble_space``), and rank 0 returns the gathered analysis
         (None elsewhere): one rank's result to rounding (the strip's FFT in place of the grid's)."""
         if device is not None:
@@ -350,8 +350,8 @@ class LETKF:
         factor = self.mda * self.obs_inflation
         sigma = None if factor == 1 else torch.full_like(y, operator.sigma * math.sqrt(factor))
         ensemble = prior
+        tile = self.tile(d, R, rank) if R > 1 else None
         for k in range(self.mda):
-            tile = self.tile(d, R, rank) if R > 1 else None
             mean, U, sums, x = self.ensemble_space(ensemble, y, operator, sigma, tile)
             out = self.local_analyses(sums, x, lambda s, xb: self.transform(s, xb, M - 1))  # [M, C, G_r]
             C, G_r = out.shape[1:]

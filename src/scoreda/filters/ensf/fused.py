@@ -79,6 +79,16 @@ def _ptr(t: torch.Tensor | None, kind=_F32P):
     return None if t is None else ctypes.cast(t.data_ptr(), kind)
 
 
+def _columns(c: int, mean, std, lik) -> list[torch.Tensor | None]:
+    """mean, std, v, w as the kernel reads them: flat contiguous float32 [c] (v, w may be None);
+    anything else is refused, since the kernel reads c values through each pointer."""
+    out = [None if t is None else t.reshape(-1).contiguous() for t in (mean, std, *lik)]
+    for t in out:
+        if t is not None and (t.dtype != torch.float32 or t.numel() != c or t.device.type != "cpu"):
+            raise ValueError(f"fused EnSF kernel: per-index arrays must be float32 [{c}] on CPU")
+    return out
+
+
 def run(
     z: torch.Tensor,
     xt: torch.Tensor,
@@ -96,10 +106,9 @@ def run(
     mean/std [1, c] or [c]; ``lik`` = (v, w) [c] or (None, None). Rows of z and xt may be strided."""
     m, c = z.shape
     for t in (z, xt):
-        if t.dtype != torch.float32 or t.stride(1) != 1:
-            raise ValueError("fused EnSF kernel: z and x̃ must be float32 with contiguous rows")
-    mean, std = mean.reshape(-1).contiguous(), std.reshape(-1).contiguous()
-    v, w = lik
+        if t.dtype != torch.float32 or t.stride(1) != 1 or t.shape != (m, c):
+            raise ValueError("fused EnSF kernel: z and x̃ must be float32 [m, c] with contiguous rows")
+    mean, std, v, w = _columns(c, mean, std, lik)
     rc = _kernel()(
         m, c, first[0], first[1], _ptr(z), z.stride(0), _ptr(xt), xt.stride(0), _ptr(mean), _ptr(std),
         _ptr(v), _ptr(w), key & ((1 << 64) - 1), s_range[0], s_range[1], _ptr(table, _F64P),
@@ -128,10 +137,11 @@ def mixture_step(
     m, c = z.shape
     if z.dtype != torch.float32 or not z.is_contiguous() or x.dtype != torch.float32 or x.stride(1) != 1:
         raise ValueError("fused EnSF kernel: z and x̃ float32 with contiguous rows")
+    if x.shape[1] != c or wts.shape != (m, x.shape[0]):
+        raise ValueError("fused EnSF kernel: x̃ [M, c] and the weights [m, M] must match z [m, c]")
     wts = wts.to(torch.float64).contiguous()
     g = torch.empty(m, x.shape[0], dtype=torch.float64) if want_g else None
-    mean, std = mean.reshape(-1).contiguous(), std.reshape(-1).contiguous()
-    v, w = lik
+    mean, std, v, w = _columns(c, mean, std, lik)
     rc = _kernel("scoreda_ensf_mixture_step")(
         m, x.shape[0], c, first[0], first[1], _ptr(z), z.stride(0), _ptr(x), x.stride(0),
         _ptr(wts, _F64P), _ptr(mean), _ptr(std), _ptr(v), _ptr(w), key & ((1 << 64) - 1), s,

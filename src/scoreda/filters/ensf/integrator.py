@@ -124,11 +124,8 @@ def integrate_fused(f: EnSF, local, mean, std, y, operator, key, rows, cols, all
         raise ValueError(f"filter.kernel=fused: {why}; use filter.kernel=torch")
     cpu = local.device.type == "cpu"
     run = fused.run if cpu else functools.partial(fused.run_torch, compiled=local.device.type == "cuda")
-    steps, table, first = (
-        f.schedule.steps(),
-        fused.step_table(f.schedule.steps()),
-        (rows.start, cols.start or 0),
-    )
+    steps = f.schedule.steps()
+    table, first = fused.step_table(steps), (rows.start, cols.start or 0)
     if f.prior_score == "paired":
         x = ((local[rows] - mean) / std).contiguous()
         z = torch.empty_like(x)
