@@ -173,3 +173,23 @@ def test_compiled_step_equals_the_kernel():
     fused.run(z1, x, mean, std, lik, KEY, (3, 7), (0, 21), table, True)
     fused.run_torch(z2, x, mean, std, lik, KEY, (3, 7), (0, 21), table, True, compiled=True)
     assert float((z1 - z2).abs().max()) <= 5e-6
+
+
+def test_a_damaged_cached_kernel_is_built_again(tmp_path):
+    """A truncated .so in the cache (injected) is rebuilt and loaded, under a timeout: the kernel
+    then runs (one analysis), and the cache holds one good file."""
+    env = {**os.environ, "SCOREDA_KERNEL_CACHE": str(tmp_path)}
+    cmd = [sys.executable, "-m", "scoreda.kernels"]
+    assert subprocess.run(cmd, env=env, capture_output=True, timeout=120).returncode == 0
+    (so,) = tmp_path.glob("*.so")
+    so.write_bytes(so.read_bytes()[:100])  # truncated
+    code = (
+        "import torch; from scoreda.filters.ensf import EnSF; "
+        "from scoreda.observations import PointObservation as P; "
+        "a = EnSF(kernel='fused', n_steps=3, adaptive_inflation=False, unobserved='none')"
+        ".analyse(torch.randn(4, 64), torch.zeros(64), P(torch.arange(64), 1.0, 64)).ensemble; "
+        "assert torch.isfinite(a).all()"
+    )
+    p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert [f.name for f in tmp_path.iterdir()] == [so.name] and so.stat().st_size > 1000

@@ -4,8 +4,8 @@ compiler (``$CC``, else ``cc``) into a per-machine cache and loaded with ctypes.
 The cache key is the source, the flags, the compiler's version and this CPU (``-march=native``), so
 a login node never hands its binary to a compute node of another kind. A build goes to a temporary
 file and is renamed into place: ranks that start together may all build, none loads a partial file.
-The cache is ``$SCOREDA_KERNEL_CACHE``, else ``$XDG_CACHE_HOME/scoreda/kernels``, else
-``~/.cache/scoreda/kernels``. ``make install`` builds every kernel once (``python -m scoreda.kernels``).
+A cached file that does not load (damaged) is built again. The cache is ``$SCOREDA_KERNEL_CACHE``,
+else ``$XDG_CACHE_HOME/scoreda/kernels``, else ``~/.cache/scoreda/kernels``. ``make install`` builds every kernel once (``python -m scoreda.kernels``).
 """
 
 from __future__ import annotations
@@ -64,13 +64,16 @@ def library(name: str) -> ctypes.CDLL:
     for flags in (FLAGS + OPENMP, FLAGS):  # OpenMP when the compiler has it
         key = hashlib.sha256("\0".join([source.read_text(), *flags, version, _cpu_id()]).encode())
         path = cache_dir() / f"{name}-{key.hexdigest()[:16]}.so"
-        if not path.exists():
-            try:
+        try:
+            if not path.exists():
                 build(cc, source, flags, path)
-            except KernelUnavailable as e:
-                errors.append(str(e))
-                continue
-        return ctypes.CDLL(str(path))
+            try:
+                return ctypes.CDLL(str(path))
+            except OSError:  # a damaged cache file (not one of ours half-written: those are renamed)
+                build(cc, source, flags, path)
+                return ctypes.CDLL(str(path))
+        except KernelUnavailable as e:
+            errors.append(str(e))
     raise KernelUnavailable(f"building {source.name} failed: {errors[-1]}")
 
 
