@@ -5,7 +5,8 @@ The cache key is the source, the flags, the compiler's version and this CPU (``-
 a login node never hands its binary to a compute node of another kind. A build goes to a temporary
 file and is renamed into place: ranks that start together may all build, none loads a partial file.
 A cached file that does not load (damaged) is built again. The cache is ``$SCOREDA_KERNEL_CACHE``,
-else ``$XDG_CACHE_HOME/scoreda/kernels``, else ``~/.cache/scoreda/kernels``. ``make install`` builds every kernel once (``python -m scoreda.kernels``).
+else ``$XDG_CACHE_HOME/scoreda/kernels``, else ``~/.cache/scoreda/kernels``. ``make install``
+builds every kernel once (``python -m scoreda.kernels``).
 """
 
 from __future__ import annotations
