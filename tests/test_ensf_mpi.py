@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 import torch
@@ -149,12 +150,12 @@ def test_analysis_stage_on_ranks_equals_one_rank(ranks, overrides, tmp_path):
     got, attrs = read_state(run / "cycles" / "000001" / "analysis.h5")
     assert got.shape == (5, 2, 16, 16) and int(attrs["cycle"]) == 1
     assert float(np.abs(got - expect).max()) <= ATOL_TILES  # measured: 0 (members), ≤ 1e-6 (state)
-    assert sorted(f.name for f in (run / "cycles" / "000001").iterdir()) == [
-        "analysis.h5",
-        "forecast.h5",
-        "obs.h5",
-        "truth.h5",
-    ]
+    sliced = "filter.shard=state" in overrides  # the EnSF's slices: one part file a rank, stitched
+    parts = [f"analysis.part-{r:04d}-of-{ranks:04d}.h5" for r in range(ranks)] if sliced else []
+    names = sorted(f.name for f in (run / "cycles" / "000001").iterdir())
+    assert names == sorted(["analysis.h5", *parts, "forecast.h5", "obs.h5", "truth.h5"])
+    with h5py.File(run / "cycles" / "000001" / "analysis.h5") as f:
+        assert f["state"].is_virtual == sliced
     assert (run / "timings" / "analysis-000001.json").is_file()
 
 

@@ -52,7 +52,9 @@ class Filter(Protocol):
         generator: torch.Generator | None = None,
     ) -> Analysis:
         """Analysis of the forecast ensemble [M, d] given observations y [p]. Filters with
-        ``capabilities.shards`` also take ``comm`` (a ``sharding.Collective``) and ``device``."""
+        ``capabilities.shards`` also take ``comm`` (a ``sharding.Collective``) and ``device``; a filter
+        that can analyse each rank's slice of the state alone also has ``slices_state(operator, d)``
+        and ``analyse_slice`` (``EnSF``), which the analysis stage uses to read and write slices."""
         ...
 
 

@@ -17,12 +17,15 @@ std (ddof = 1) per component.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
 import torch
 
 from scoreda.observations import ObservationOperator
+
+Allreduce = Callable[[torch.Tensor], torch.Tensor]  # elementwise sum over the ranks (``Collective``)
 
 
 class Localiser(Protocol):
@@ -53,11 +56,16 @@ class Processing:
         return cls(**keys, rtpp=getattr(f, "rtpp", 0.0), **steps)
 
     def before(
-        self, prior: torch.Tensor, y: torch.Tensor, operator: ObservationOperator
+        self,
+        prior: torch.Tensor,
+        y: torch.Tensor,
+        operator: ObservationOperator,
+        allreduce: Allreduce | None = None,
     ) -> tuple[torch.Tensor, float]:
-        """Step 1: the inflated forecast and the whole factor applied (``inflate_prior``)."""
+        """Step 1: the inflated forecast and the whole factor applied (``inflate_prior``; with
+        ``allreduce``, of a slice of the state: λ from the sums over the ranks)."""
         return inflate_prior(
-            prior, y, operator, self.inflation, self.adaptive_inflation, observed_only=self.observed_only
+            prior, y, operator, self.inflation, self.adaptive_inflation, self.observed_only, allreduce
         )
 
     def after(
@@ -78,21 +86,30 @@ def inflate(ensemble: torch.Tensor, factor: float) -> torch.Tensor:
     if factor == 1.0:
         return ensemble
     mean = ensemble.mean(0, keepdim=True)
-    return mean + factor * (ensemble - mean)
+    return (ensemble - mean).mul_(factor).add_(mean)  # mean + factor (x − mean), one temporary
 
 
-def innovation_inflation(prior: torch.Tensor, y: torch.Tensor, operator: ObservationOperator) -> float:
+def innovation_inflation(
+    prior: torch.Tensor, y: torch.Tensor, operator: ObservationOperator, allreduce: Allreduce | None = None
+) -> float:
     """Adaptive multiplicative inflation λ of the forecast anomalies from this cycle's innovations.
 
     With d = y − mean_m h(x_m) [p] and the ensemble variance of h(x) per observation v [p],
     E‖d‖² = λ² Σv + p σo² for a calibrated ensemble (Desroziers et al. 2005; the global estimate
     of Li, Kalnay & Miyoshi 2009, here without smoothing in time, so a sudden model error is met
-    in the cycle it happens):  λ² = max(1, (‖d‖²/p − σo²) / mean(v)).  Returns λ (≥ 1).
+    in the cycle it happens):  λ² = max(1, (‖d‖²/p − σo²) / mean(v)).  Returns λ (≥ 1); 1 without
+    observations. ``allreduce``: the sums (‖d‖², Σv, p; float64) over the ranks that each hold a
+    slice of the state and its observations (``filters.sharding``).
     """
     hx = operator(prior)  # [M, p]
     d = y.to(hx) - hx.mean(0)
-    v = hx.var(0).mean().clamp_min(torch.finfo(hx.dtype).tiny)
-    return max(1.0, float((d.square().mean() - operator.sigma**2) / v)) ** 0.5
+    sums = torch.stack(
+        [d.double().square().sum(), hx.var(0).double().sum(), d.new_tensor(d.numel()).double()]
+    )
+    d2, v, p = (sums if allreduce is None else allreduce(sums)).tolist()
+    if p == 0:
+        return 1.0
+    return max(1.0, (d2 / p - operator.sigma**2) / max(v / p, torch.finfo(hx.dtype).tiny)) ** 0.5
 
 
 def innovation_white(
@@ -171,6 +188,7 @@ def inflate_prior(
     factor: float,
     adaptive: bool,
     observed_only: bool = False,
+    allreduce: Allreduce | None = None,
 ) -> tuple[torch.Tensor, float]:
     """The forecast ensemble as a filter analyses it: anomalies × ``factor`` (``filter.inflation``),
     then × λ = ``innovation_inflation`` when ``adaptive`` (``filter.adaptive_inflation``). Returns it
@@ -178,11 +196,12 @@ def inflate_prior(
 
     ``observed_only``: λ multiplies only the anomalies of the observed components, the only ones
     whose error the innovations constrain (x_i ← x̄_i + λ (x_i − x̄_i) for i observed, unchanged
-    otherwise); with every component observed this is the same operation as without it."""
+    otherwise); with every component observed this is the same operation as without it.
+    ``allreduce``: λ from the sums over the ranks (``innovation_inflation``); the rest is per component."""
     prior = inflate(prior, factor)
     if not adaptive:
         return prior, factor
-    lam = innovation_inflation(prior, y, operator)
+    lam = innovation_inflation(prior, y, operator, allreduce)
     mask = observed_mask(operator, prior.shape[-1]) if observed_only and lam != 1.0 else None
     if mask is None:
         return inflate(prior, lam), factor * lam

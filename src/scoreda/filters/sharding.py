@@ -45,3 +45,16 @@ def check_sharding(shard: str, members: int, d: int, ranks: int) -> None:
             f"filter.ranks: {ranks} ranks for a state of {d} values with filter.shard=state:"
             " each rank needs at least one state index"
         )
+
+
+def global_std(x: torch.Tensor, allreduce=None) -> float:
+    """The std (ddof = 1) of all the values of ``x``, or of the union of the ranks' ``x`` with
+    ``allreduce`` (the sums n, Σx, Σx² in float64; ``Collective.allreduce``)."""
+    flat, step = x.reshape(-1), 1 << 20  # in blocks: no float64 copy of the whole
+    sums = torch.zeros(3, dtype=torch.float64, device=x.device)
+    sums[0] = flat.numel()
+    for i in range(0, flat.numel(), step):
+        block64 = flat[i : i + step].double()
+        sums[1:] += torch.stack([block64.sum(), block64.square().sum()])
+    n, s1, s2 = (sums if allreduce is None else allreduce(sums)).tolist()
+    return max(0.0, (s2 - s1 * s1 / n) / max(n - 1, 1)) ** 0.5

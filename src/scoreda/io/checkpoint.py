@@ -41,6 +41,9 @@ __all__ = [
     "config_hash",
     "read_dataset_file",
     "read_state",
+    "blame_sources",
+    "check_sources",
+    "read_selections",
     "read_variable",
     "write_dataset_file",
     "write_state",
@@ -87,7 +90,7 @@ def _prepare_array(name: str, arr: Any, coord: bool = False) -> np.ndarray:
         return a.astype(object)
     if a.dtype.kind == "f":
         with np.errstate(over="ignore"):  # overflow to inf is reported just below
-            a = a.astype(np.float32)
+            a = a.astype(np.float32, copy=False)
         if not np.isfinite(a).all():
             raise ValueError(f"variable {name!r} contains {int((~np.isfinite(a)).sum())} non-finite values")
         return a
@@ -117,12 +120,16 @@ def _prepare_attr(name: str, value: Any) -> Any:
     raise ValueError(f"attribute {name!r} has unsupported type {type(value).__name__}")
 
 
-def _write_netcdf(tmp: Path, dims: dict[str, int], variables: Variables, attrs: dict) -> None:
+def _write_netcdf(
+    tmp: Path, dims: dict[str, int], variables: Variables, attrs: dict, virtual: Mapping | None = None
+) -> None:
     with h5netcdf.File(tmp, "w") as f:
         f.dimensions = dims
         for key, value in attrs.items():
             f.attrs[key] = value
         for name, (vdims, arr, vattrs) in variables.items():
+            if name in (virtual or {}):
+                continue
             if arr.dtype == object:  # strings: variable-length, which HDF5 cannot filter
                 var = f.create_variable(name, vdims, h5py.string_dtype(), data=arr)
             else:  # scalars cannot be chunked (nor filtered)
@@ -130,6 +137,15 @@ def _write_netcdf(tmp: Path, dims: dict[str, int], variables: Variables, attrs: 
             for key, value in vattrs.items():
                 var.attrs[key] = value
         f.flush()
+    if virtual:  # h5netcdf makes no virtual datasets: add them through h5py, with their dimension scales
+        with h5py.File(tmp, "r+") as f:
+            for name, (vdims, layout, _) in virtual.items():
+                ds = f.create_virtual_dataset(name, layout, fillvalue=np.float32(np.nan))
+                for i, dim in enumerate(vdims):
+                    ds.dims[i].attach_scale(f[dim])
+                for key, value in variables[name][2].items():
+                    ds.attrs[key] = value
+            f.flush()
 
 
 def _prepare_variable(name: str, spec: tuple, coord: bool) -> tuple[tuple[str, ...], np.ndarray, dict]:
@@ -157,6 +173,7 @@ def write_dataset_file(
     variables: Mapping[str, tuple],
     attrs: Mapping[str, Any],
     coords: Mapping[str, tuple] | None = None,
+    virtual: Mapping[str, tuple] | None = None,
 ) -> None:
     """Atomically write a netCDF4/HDF5 file.
 
@@ -166,16 +183,27 @@ def write_dataset_file(
     0-d (scalar coordinates) or hold strings; one named like its only dimension is that dimension's
     coordinate, the others are listed in the ``coordinates`` attribute of the data variables.
     ``attrs`` (file) and variable attributes: str, int, float, bool -> int, flat list of numbers.
+    ``virtual``: float32 variables stored as HDF5 virtual datasets, name -> (dims, ``h5py.VirtualLayout``,
+    attrs) — data kept in other files (``io.sharded``), read through this one; fill value NaN, so a
+    source that goes missing reads as non-finite, never as zeros.
     Raises ValueError (before any file or directory is created) for non-finite or malformed input.
     """
     path = Path(path)
     prepared: Variables = {}
     dims: dict[str, int] = {}
     coords = dict(coords or {})
-    for name, spec in [*coords.items(), *variables.items()]:  # coordinates first: dimension scales
+    virtual = dict(virtual or {})
+    for name, spec in [*coords.items(), *variables.items(), *virtual.items()]:  # coordinates first
         if name in prepared:
             raise ValueError(f"variable {name!r} given twice")
-        vdims, a, vattrs = _prepare_variable(name, spec, coord=name in coords)
+        if name in virtual:  # its data lies elsewhere: only its dimensions and attributes here
+            vdims, vattrs = (
+                tuple(spec[0]),
+                {str(k): _prepare_attr(f"{name}.{k}", v) for k, v in spec[2].items()},
+            )
+            a = np.broadcast_to(np.float32(0), spec[1].shape)  # its shape, no memory
+        else:
+            vdims, a, vattrs = _prepare_variable(name, spec, coord=name in coords)
         prepared[name] = (vdims, a, vattrs)
         for d, n in zip(vdims, a.shape, strict=True):
             if dims.setdefault(d, n) != n:
@@ -183,9 +211,9 @@ def write_dataset_file(
     _link_coordinates(prepared, set(coords))
     prepared_attrs = {str(k): _prepare_attr(str(k), v) for k, v in attrs.items()}
 
-    size = sum(v[1].nbytes for v in prepared.values())  # the disk must hold it (atomic_output)
+    size = sum(v[1].nbytes for k, v in prepared.items() if k not in virtual)  # the disk must hold it
     with atomic_output(path, size_hint=size) as tmp:
-        _write_netcdf(tmp, dims, prepared, prepared_attrs)
+        _write_netcdf(tmp, dims, prepared, prepared_attrs, virtual)
 
 
 def write_state(
@@ -257,6 +285,40 @@ def _dims(ds: h5py.Dataset) -> tuple[str, ...]:
     return tuple(d[0].name.rsplit("/", 1)[-1] if len(d) else f"phony_dim_{i}" for i, d in enumerate(ds.dims))
 
 
+def check_sources(path: Path, ds: h5py.Dataset, deep: bool = False) -> None:
+    """A virtual dataset's source files (``io.sharded``'s parts, beside ``path``) exist — and, with
+    ``deep``, read with valid checksums and finite values: a :class:`CheckpointError` naming the first
+    that does not. HDF5 itself reads a missing source as the fill value and reports a bad one only as
+    a failed read of ``path``; readers call this first, and ``deep`` once a read has failed."""
+    if not ds.is_virtual:
+        return
+    for file_name, dset_name in {s.file_name: s.dset_name for s in ds.virtual_sources()}.items():
+        part = path.parent / file_name
+        if not part.is_file():
+            raise CheckpointError(part, f"file does not exist (a part of {path.name})")
+        if deep:
+            try:
+                with h5py.File(part, "r") as f:
+                    a = np.asarray(f[dset_name][()])
+            except (OSError, KeyError) as e:
+                raise CheckpointError(part, f"unreadable or corrupted part of {path.name} ({e})") from e
+            _check_values(part, dset_name, a)
+
+
+def blame_sources(path: Path) -> None:
+    """After a failed read of ``path``: a :class:`CheckpointError` naming its bad source file, if a
+    virtual dataset's is the cause (nothing otherwise)."""
+    try:
+        with h5py.File(path, "r") as f:
+            datasets = [ds for ds in f.values() if isinstance(ds, h5py.Dataset) and ds.is_virtual]
+            for ds in datasets:
+                check_sources(path, ds, deep=True)
+    except CheckpointError:
+        raise
+    except Exception:  # the file itself is bad: the caller says so
+        return
+
+
 def _read(path: Path) -> tuple[dict[str, np.ndarray], dict[str, tuple[str, ...]], dict[str, Any]]:
     """All variables (checked float32 + finite), their dimension names, and the file attributes.
 
@@ -273,16 +335,22 @@ def _read(path: Path) -> tuple[dict[str, np.ndarray], dict[str, tuple[str, ...]]
             for name, ds in f.items():
                 if not isinstance(ds, h5py.Dataset) or ds.attrs.get("NAME", b"").startswith(_NOT_A_VARIABLE):
                     continue
+                check_sources(path, ds)
                 data[name] = _decode_strings(np.asarray(ds[()]))
                 dims[name] = _dims(ds)
     except CheckpointError:
         raise
     except OSError as e:  # truncated / not HDF5 / fletcher32 checksum mismatch
+        blame_sources(path)
         raise CheckpointError(path, f"unreadable or corrupted HDF5 file ({e})") from e
     except Exception as e:  # malformed structure surfaced by h5py
         raise CheckpointError(path, f"invalid netCDF4 file ({type(e).__name__}: {e})") from e
-    for name, a in data.items():
-        _check_values(path, name, a)
+    try:
+        for name, a in data.items():
+            _check_values(path, name, a)
+    except CheckpointError:
+        blame_sources(path)  # a part's values, if it is a virtual file's
+        raise
     return data, dims, attrs
 
 
@@ -300,24 +368,50 @@ def read_variable(path: str | os.PathLike, name: str, shape: tuple[int, ...] | N
     """One variable of a checkpoint file (checksum, float32, finite; ``shape`` if given), through h5py
     alone: ~20× faster than :func:`read_dataset_file` for one array (a lazy reader's chunk), attributes
     and the other variables unchecked. Raises :class:`CheckpointError`."""
+    return read_selections(path, name, [()], shape)[0][0]
+
+
+def read_selections(
+    path: str | os.PathLike,
+    name: str,
+    selections: list,
+    shape: tuple[int | None, ...] | None = None,
+    expect_attrs: Mapping[str, Any] | None = None,
+    dims: tuple[str, ...] | None = None,
+) -> tuple[list[np.ndarray], dict]:
+    """Hyperslabs ``selections`` (numpy index tuples; ``()`` the whole) of variable ``name``, read by
+    h5py (only the chunks they touch, whose checksums are checked), and the file attributes; the
+    variable's ``shape`` and ``dims`` and the file's ``expect_attrs`` checked first, then each
+    array (float32, finite). Raises :class:`CheckpointError`."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(path, "file does not exist")
     try:
         with h5py.File(path, "r") as f:
+            attrs = {k: _python_attr(v) for k, v in f.attrs.items() if not k.startswith("_NC")}
             if name not in f:
                 raise CheckpointError(path, f"missing variable {name!r}")
-            a = _decode_strings(np.asarray(f[name][...]))
+            ds = f[name]
+            full = {name: np.broadcast_to(np.zeros((), ds.dtype), ds.shape)}
+            _check(path, full, attrs, None if shape is None else {name: shape}, expect_attrs)
+            if dims is not None and _dims(ds) != dims:
+                raise CheckpointError(path, f"variable {name!r} has dimensions {_dims(ds)}, expected {dims}")
+            check_sources(path, ds)
+            arrays = [_decode_strings(np.asarray(ds[sel])) for sel in selections]
     except CheckpointError:
         raise
     except OSError as e:  # truncated / not HDF5 / fletcher32 checksum mismatch
+        blame_sources(path)
         raise CheckpointError(path, f"unreadable or corrupted HDF5 file ({e})") from e
     except Exception as e:
         raise CheckpointError(path, f"invalid HDF5 file ({type(e).__name__}: {e})") from e
-    if shape is not None and a.shape != tuple(shape):
-        raise CheckpointError(path, f"variable {name!r} has shape {a.shape}, expected {tuple(shape)}")
-    _check_values(path, name, a)
-    return a
+    try:
+        for a in arrays:
+            _check_values(path, name, a)
+    except CheckpointError:
+        blame_sources(path)  # a part's values, if it is a virtual file's
+        raise
+    return arrays, attrs
 
 
 def _check(

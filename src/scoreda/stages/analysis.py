@@ -5,9 +5,12 @@ One process (``filter.ranks=1``), or ``filter.ranks`` MPI ranks for a filter tha
 
     mpiexec -n R python -m scoreda.stages.analysis --run-dir RUN --cycle K
 
-Every rank reads the forecast and the observations; the filter splits the work along
-``filter.shard`` (members or state); rank 0 gathers the analysis and alone writes the file and the
-timing. The result equals the one-rank result to rounding.
+Where the filter needs no more than a slice of the state on each rank (``EnSF.slices_state``:
+``shard=state`` and a per-index analysis), rank r reads only its slice of the forecast and of the
+observations and writes its own part file; rank 0 then writes ``analysis.h5`` over the parts
+(``analysis_sliced``, ``io.sharded``). Otherwise every rank reads the forecast and the observations;
+the filter splits the work along ``filter.shard`` (members or state); rank 0 gathers the analysis
+and alone writes the file. Rank 0 writes the timing. The result equals the one-rank result to rounding.
 """
 
 from __future__ import annotations
@@ -23,10 +26,10 @@ import torch
 
 from scoreda.config import ConfigError
 from scoreda.filters import make_filter
-from scoreda.filters.sharding import check_sharding
+from scoreda.filters.sharding import block, check_sharding
 from scoreda.seeding import generator
 from scoreda.stages.common import DIAGNOSTICS, Run, main, record_time
-from scoreda.stages.nature import read_observations
+from scoreda.stages.nature import observation_operator, read_observations
 
 # World size as the common MPI launchers announce it to each process (before MPI is initialised).
 _LAUNCHER_SIZE = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE", "PMIX_SIZE")
@@ -108,6 +111,9 @@ def analysis(run_dir, cycle: int) -> str | None:
             check_sharding(f.shard, run.cfg.members, math.prod(run.shape), f.ranks)
         except ValueError as e:
             raise ConfigError(str(e)) from None
+    if comm is not None and f.shard == "state" and getattr(filt, "slices_state", None):
+        if filt.slices_state(observation_operator(run), math.prod(run.shape)):
+            return analysis_sliced(run, cycle, filt, comm)
     done = run.done(cycle, "analysis")
     if comm is not None:
         done = comm.bcast(done)  # every rank follows rank 0's view of the file
@@ -128,6 +134,32 @@ def analysis(run_dir, cycle: int) -> str | None:
             run.write(cycle, "analysis", post.ensemble.reshape(prior.shape).cpu(), **diagnostics, **names)
             record_time(run, cycle, "analysis", t0)
     return str(run.path(cycle, "analysis")) if comm is None or comm.rank == 0 else None
+
+
+def analysis_sliced(run: Run, cycle: int, filt, comm: MPICollective) -> str | None:
+    """``analysis`` when no rank needs more than its slice of the state (``EnSF.slices_state``):
+    rank r reads the flat state indices ``block(d, R, r)`` of the forecast and the observations
+    there (hyperslabs), analyses them (``analyse_slice``: only sums cross ranks) and writes its part
+    file; once every part is written, rank 0 writes ``analysis.h5`` over them (``io.sharded``). An
+    existing analysis counts as done when every rank's slice of it validates."""
+    d = math.prod(run.shape)
+    cols = block(d, comm.size, comm.rank)
+    good = torch.tensor([float(run.done(cycle, "analysis", cols))])
+    if comm.allreduce(good).item() == comm.size:
+        return str(run.path(cycle, "analysis")) if comm.rank == 0 else None
+    t0 = time.perf_counter()
+    prior = run.read_slice(cycle, "forecast", cols)
+    y, op = read_observations(run, cycle, cols)
+    gen = generator(run.cfg.seed, cycle, "analysis")
+    post = filt.analyse_slice(prior, y, op, gen, comm, cols, run.cfg.device)
+    part = run.write_part(cycle, "analysis", post.ensemble.cpu(), cols, comm.rank, comm.size)
+    parts = comm.comm.gather((part, cols.start, cols.stop), root=0)  # every part is written
+    if comm.rank != 0:
+        return None
+    diagnostics = {k: float(v) for k, v in post.diagnostics.items()}
+    run.write_parts(cycle, "analysis", parts, **diagnostics, **{DIAGNOSTICS: ",".join(diagnostics)})
+    record_time(run, cycle, "analysis", t0)
+    return str(run.path(cycle, "analysis"))
 
 
 def _cli() -> None:

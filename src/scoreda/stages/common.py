@@ -19,6 +19,13 @@ from scoreda.config import ConfigError, divergence_bound, validate
 from scoreda.dynamics import Dynamics, make_dynamics
 from scoreda.dynamics.grid import Grid, model_grid, time_coords
 from scoreda.io import CheckpointError, config_hash, read_state, write_state, write_text
+from scoreda.io.sharded import (
+    part_path,
+    read_state_slice,
+    remove_parts,
+    write_state_part,
+    write_state_virtual,
+)
 from scoreda.science import science_keys
 
 # attributes every state file carries (Run.attrs) and a reader checks; newer keys are not required
@@ -104,15 +111,15 @@ class Run:
     def _shape(self, kind: str) -> tuple:
         return (1 if kind == "truth" else self.cfg.members, *self.shape)
 
-    def done(self, cycle: int, kind: str) -> bool:
-        """The file of ``kind`` at ``cycle`` exists and validates; a bad one is noted (``note``) as
-        about to be replaced."""
-        problem = self.problem(cycle, kind)
+    def done(self, cycle: int, kind: str, cols: slice | None = None) -> bool:
+        """The file of ``kind`` at ``cycle`` exists and validates (``cols``: that slice of it, as
+        ``read_slice``); a bad one is noted (``note``) as about to be replaced."""
+        problem = self.problem(cycle, kind, cols)
         if problem is not None and problem != MISSING:
             note(f"replacing {self.path(cycle, kind)} ({problem})")
         return problem is None
 
-    def problem(self, cycle: int, kind: str) -> str | None:
+    def problem(self, cycle: int, kind: str, cols: slice | None = None) -> str | None:
         """What is wrong with the file of ``kind`` (truth, obs, forecast, analysis) at ``cycle``, in
         one line (``MISSING`` when there is none), or None when it validates: shape, dtype, the
         fletcher32 checksums, attributes, finiteness (observations: also their locations)."""
@@ -124,10 +131,12 @@ class Run:
                 from scoreda.stages.nature import read_observations
 
                 read_observations(self, cycle)
+            elif cols is not None:
+                self.read_slice(cycle, kind, cols)
             else:
                 self.read(cycle, kind)
-        except CheckpointError as e:
-            return e.problem
+        except CheckpointError as e:  # a part of a virtual file: named
+            return e.problem if e.path == str(path) else str(e)
         except (ValueError, OSError) as e:
             return describe(e).removeprefix(f"{path}: ")
         return None
@@ -142,12 +151,36 @@ class Run:
         state, attrs = read_state(self.path(cycle, kind), shape=self._shape(kind), expect_attrs=expect)
         return torch.from_numpy(state), attrs
 
+    def read_slice(self, cycle: int, kind: str, cols: slice) -> torch.Tensor:
+        """The flat state indices ``cols`` of every member of artefact ``kind`` at ``cycle``, [M, d'],
+        read by hyperslabs (``io.sharded``) and validated like ``read``."""
+        expect = {k: v for k, v in self.attrs(cycle, kind).items() if k in CHECKED_ATTRS}
+        part, _ = read_state_slice(self.path(cycle, kind), cols.start, cols.stop, self._shape(kind), expect)
+        return torch.from_numpy(part)
+
     def write(self, cycle: int, kind: str, state: torch.Tensor, **extra) -> None:
         """``state`` with the run's attributes and ``extra`` ones (e.g. the analysis' ``inflation``),
         its coordinates (member, level, level_units, y, x; scalar cycle, time) and CF attributes."""
         coords = self.grid.coords(state.shape[0]) | self.time_coords(cycle)
         attrs = self.attrs(cycle, kind) | extra
-        write_state(self.path(cycle, kind), state, attrs, coords=coords, state_attrs=self.grid.state_attrs)
+        path = self.path(cycle, kind)
+        write_state(path, state, attrs, coords=coords, state_attrs=self.grid.state_attrs)
+        remove_parts(path)  # of an earlier sharded write
+
+    def write_part(
+        self, cycle: int, kind: str, part: torch.Tensor, cols: slice, rank: int, ranks: int
+    ) -> Path:
+        """Rank ``rank``'s slice ``cols`` [M, d'] of artefact ``kind`` as its part file (atomic)."""
+        path = part_path(self.path(cycle, kind), rank, ranks)
+        return write_state_part(path, part, cols.start, cols.stop, self.attrs(cycle, kind))
+
+    def write_parts(self, cycle: int, kind: str, parts: list[tuple[Path, int, int]], **extra) -> None:
+        """Artefact ``kind`` at ``cycle`` from the ranks' ``parts`` ((file, start, stop), ``write_part``)
+        as one file (a virtual dataset over them), attributes and coordinates as ``write``."""
+        coords = self.grid.coords(self.cfg.members) | self.time_coords(cycle)
+        attrs = self.attrs(cycle, kind) | extra
+        shape = self._shape(kind)
+        write_state_virtual(self.path(cycle, kind), parts, shape, attrs, coords, self.grid.state_attrs)
 
     @functools.cached_property
     def grid(self) -> Grid:

@@ -16,10 +16,11 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from scoreda.dynamics import model_science
-from scoreda.io import CheckpointError, config_hash, read_dataset_file, write_dataset_file
+from scoreda.io import CheckpointError, config_hash, read_dataset_file, read_selections, write_dataset_file
 from scoreda.observations import PointObservation, make_observation_operator
 from scoreda.seeding import generator
 from scoreda.shocks import shock_std
@@ -134,12 +135,26 @@ def write_observations(run: Run, cycle: int, op: PointObservation, y: torch.Tens
     write_dataset_file(run.path(cycle, "obs"), {"obs": obs}, attrs, coords)
 
 
-def read_observations(run: Run, cycle: int) -> tuple[torch.Tensor, PointObservation]:
+def read_observations(
+    run: Run, cycle: int, cols: slice | None = None
+) -> tuple[torch.Tensor, PointObservation]:
     """Observations y [p] of ``cycle`` and the operator, checked against the run's operator. Reads
     both layouts: ``obs`` and ``index`` on dimension ``location`` (with coordinates) or, in files
-    written before coordinates, on dimension ``obs``."""
+    written before coordinates, on dimension ``obs``. ``cols``: only those of the state indices
+    ``cols`` and the operator restricted to them (``PointObservation.restrict``), read by hyperslab."""
     op = observation_operator(run)
     path = run.path(cycle, "obs")
+    if cols is not None:
+        sub, keep = op.restrict(cols.start, cols.stop)
+        lo, hi = (int(keep[0]), int(keep[-1]) + 1) if len(keep) else (0, 0)
+        expect = {"cycle": cycle, "config_hash": run.hash}
+        data = {
+            n: read_selections(path, n, [np.s_[lo:hi]], (op.n_obs,), expect)[0][0] for n in ("obs", "index")
+        }
+        keep = keep - lo
+        if not torch.equal(torch.from_numpy(data["index"])[keep] - cols.start, sub.indices):
+            raise ValueError(f"{path}: observation locations differ from the run's observation operator")
+        return torch.from_numpy(data["obs"])[keep], sub
     data, _ = read_dataset_file(
         path,
         expect={"obs": (op.n_obs,), "index": (op.n_obs,)},

@@ -17,7 +17,9 @@ communication per step); ``shard=state`` — rank r integrates a contiguous slic
 of every member, with the observation operator restricted to that slice and, for ``mixture``, one
 all-reduce of the M×M matrix z·x̃ᵀ per step (‖x̃_j‖² once). Noise is a pure function of (key, step,
 global member, global state index) (``scoreda.seeding.counter_normal``), and the M×M products are
-accumulated in float64, so any R gives the one-rank result to rounding. Rank 0 gathers the analysis.
+accumulated in float64, so any R gives the one-rank result to rounding. Rank 0 gathers the analysis
+— except in the analysis stage when ``slices_state``: there each rank reads, analyses
+(``analyse_slice``) and writes only its slice of the state.
 """
 
 from __future__ import annotations
@@ -32,8 +34,8 @@ from scoreda.filters.ensf.integrator import integrate
 from scoreda.filters.ensf.prior_score import PRIOR_SCORES
 from scoreda.filters.ensf.schedule import Schedule
 from scoreda.filters.ensf.standardise import STANDARDISE
-from scoreda.filters.processing import Processing
-from scoreda.filters.sharding import SHARDS, Collective, block, check_sharding
+from scoreda.filters.processing import Processing, observed_mask
+from scoreda.filters.sharding import SHARDS, Collective, block, check_sharding, global_std
 from scoreda.observations import ObservationOperator
 from scoreda.seeding import noise_key
 
@@ -141,6 +143,14 @@ class EnSF:
         R, rank = (1, 0) if comm is None else (comm.size, comm.rank)
         M, d = prior.shape
         check_sharding(self.shard, M, d, R)
+        if R > 1 and self.slices_state(operator, d):  # the ranks' slices, then gathered
+            cols = block(d, R, rank)
+            sub, keep = operator.restrict(cols.start, cols.stop)
+            post = self.analyse_slice(
+                prior[:, cols], y[keep.to(y.device)], sub, generator, comm, cols, device
+            )
+            analysis = comm.gather(post.ensemble, dim=1)
+            return Analysis(None if analysis is None else analysis.to(post.ensemble.device), post.diagnostics)
         rows = block(M, R, rank) if self.shard == "members" else slice(0, M)
         cols = block(d, R, rank) if self.shard == "state" else slice(0, d)
         device = prior.device if device is None else torch.device(device)
@@ -148,7 +158,7 @@ class EnSF:
         # global, from the full prior that every rank holds: no communication
         prior, inflation = self.processing.before(prior, y, operator)
         full_operator = operator
-        floor = 1e-6 * prior.std().clamp_min(1e-30).item()
+        floor = 1e-6 * max(global_std(prior), 1e-30)
         local = prior[:, cols].to(device)  # [M, d'] (d' = d unless shard=state)
         mean = local.mean(0, keepdim=True)
         std = local.std(0, keepdim=True).clamp_min(floor)
@@ -169,6 +179,44 @@ class EnSF:
         return Analysis(
             self.processing.after(analysis, prior.to(device), full_operator), {"inflation": inflation}
         )
+
+    def slices_state(self, operator: ObservationOperator, d: int) -> bool:
+        """Whether ``shard=state`` needs no more than each rank's slice of the state: everything but
+        λ, the std floor and the mixture's z·x̃ᵀ is per state index (``analyse_slice``) — unless
+        unobserved components are regressed from observed ones nearby (``unobserved=regress`` with
+        an operator that leaves some unobserved), which needs their neighbours (then every rank
+        holds the whole state and rank 0 regresses after the gather)."""
+        if self.shard != "state" or self.standardise != "point":
+            return False
+        return self.unobserved == "none" or observed_mask(operator, d) is None
+
+    @torch.no_grad()
+    def analyse_slice(
+        self,
+        local: torch.Tensor,
+        y: torch.Tensor,
+        operator: ObservationOperator,
+        generator: torch.Generator | None,
+        comm: Collective | None,
+        cols: slice,
+        device: torch.device | str | None = None,
+    ) -> Analysis:
+        """This rank's slice [M, d'] of the analysis from its slice ``local`` [M, d'] (the global state
+        indices ``cols``) of the forecast, the observations there ``y`` [p'] and the operator
+        restricted to them (``PointObservation.restrict``), when ``slices_state``: no rank holds more
+        than its slice. Across the ranks only sums travel (``comm.allreduce``): λ's three, the std
+        floor's three and, for ``mixture``, the M×M z·x̃ᵀ of each step. Diagnostics as ``analyse``."""
+        allreduce = comm.allreduce if comm is not None and comm.size > 1 else None
+        device = local.device if device is None else torch.device(device)
+        M = local.shape[0]
+        local, inflation = self.processing.before(local, y, operator, allreduce)
+        floor = 1e-6 * max(global_std(local, allreduce), 1e-30)
+        local = local.to(device)
+        mean = local.mean(0, keepdim=True)
+        std = local.std(0, keepdim=True).clamp_min(floor)
+        key = noise_key(generator)
+        analysis = integrate(self, local, mean, std, y.to(local), operator, key, slice(0, M), cols, allreduce)
+        return Analysis(self.processing.after(analysis, local, operator), {"inflation": inflation})
 
     @property
     def schedule(self) -> Schedule:
