@@ -1,9 +1,16 @@
 """Observation operators and the likelihood score."""
 
+import math
+
 import pytest
 import torch
 
-from scoreda.observations import make_observation_operator, observed_indices
+from scoreda.observations import (
+    ObservationParams,
+    make_observation_operator,
+    observed_indices,
+    slice_observation_operator,
+)
 
 SHAPE = (2, 8, 8)
 
@@ -64,3 +71,27 @@ def test_to_grid_places_observations_and_nan_elsewhere():
     grid = op.to_grid(torch.arange(8.0), SHAPE)
     assert int(torch.isfinite(grid).sum()) == 8
     assert grid[1, 4, 4] == 7.0 and torch.isnan(grid[0, 1, 1])
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 12), (1, 1, 40), (3, 6, 6)])
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        {"kind": "identity"},
+        {"kind": "subsample", "every": 2},
+        {"kind": "identity", "channels": [0]},
+        {"kind": "subsample", "every": 2, "channels": [0]},
+        {"kind": "stations", "n_stations": 5},
+    ],
+)
+def test_a_slice_of_the_operator_without_the_whole_index_vector(shape, cfg):
+    """``slice_observation_operator`` = the whole operator restricted, and its offset in y = the
+    observations before the slice; ``n_observed`` = p."""
+    whole = make_observation_operator(cfg, shape, torch.Generator().manual_seed(1))
+    assert ObservationParams.from_config(cfg).n_observed(shape) == whole.n_obs
+    d = math.prod(shape)
+    for start, stop in [(0, d), (0, 1), (3, 17), (5, d), (d - 1, d), (7, 8), (13, 29)]:
+        sub, keep = whole.restrict(start, stop)
+        got, lo = slice_observation_operator(cfg, shape, slice(start, stop), torch.Generator().manual_seed(1))
+        assert torch.equal(got.indices, sub.indices) and got.d == stop - start
+        assert lo == int((whole.indices < start).sum())

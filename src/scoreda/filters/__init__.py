@@ -53,7 +53,7 @@ class Filter(Protocol):
     ) -> Analysis:
         """Analysis of the forecast ensemble [M, d] given observations y [p]. Filters with
         ``capabilities.shards`` also take ``comm`` (a ``sharding.Collective``) and ``device``; a filter
-        that can analyse each rank's slice of the state alone also has ``slices_state(operator, d)``
+        that can analyse each rank's slice of the state alone also has ``slices_state(observes_all)``
         and ``analyse_slice`` (``EnSF``), which the analysis stage uses to read and write slices."""
         ...
 

@@ -69,6 +69,15 @@ class ObservationParams:
             channels=None if self.channels is None else list(self.channels),
         )
 
+    def n_observed(self, state_shape: tuple[int, int, int]) -> int:
+        """p, the number of observations on a [C, H, W] state, without building the indices."""
+        C, H, W = state_shape
+        levels = C if self.channels is None else len(self.channels)
+        if self.kind == "stations":
+            return levels * int(self.n_stations)
+        ey, ex = _steps(self.kind, H, W, int(self.every))
+        return levels * (H // ey) * (W // ex)
+
     def check(self, state_shape: tuple[int, int, int]) -> None:
         """The checks against the model's grid (every, n_stations, channels)."""
         self.indices(state_shape, torch.Generator().manual_seed(0))
@@ -192,7 +201,7 @@ def observed_indices(
     if kind == "identity":
         return flat.reshape(-1)
     if kind == "subsample":  # axes of size 1 (a 1-D model) are not subsampled
-        ey, ex = (every if H > 1 else 1), (every if W > 1 else 1)
+        ey, ex = _steps(kind, H, W, every)
         if every < 1 or H % ey or W % ex:
             raise ValueError(f"observation.every: {every} must divide the grid ({H}×{W})")
         return flat[:, ::ey, ::ex].reshape(-1)
@@ -202,6 +211,41 @@ def observed_indices(
         pos = torch.randperm(H * W, generator=generator)[:n_stations].sort().values
         return flat.reshape(len(flat), H * W)[:, pos].reshape(-1)
     raise ValueError(f"observation.kind: unknown {kind!r} (expected identity, subsample or stations)")
+
+
+def _steps(kind: str, H: int, W: int, every: int) -> tuple[int, int]:
+    """The strides (along y, x) of the positions that ``identity`` or ``subsample`` keep."""
+    if kind == "identity":
+        return 1, 1
+    return (every if H > 1 else 1), (every if W > 1 else 1)  # axes of size 1 are not subsampled
+
+
+def slice_observation_operator(
+    obs_cfg, state_shape: tuple[int, int, int], cols: slice, generator: torch.Generator | None = None
+) -> tuple[PointObservation, int]:
+    """The operator of ``obs_cfg`` restricted to the flat state indices ``cols`` (as
+    ``make_observation_operator(...).restrict(cols.start, cols.stop)``) and the position in y of its
+    first observation, built without the whole index vector for ``identity`` and ``subsample`` (a
+    slice's memory, whatever d): for each level, only the grid rows that meet ``cols``, and the
+    observations below ``cols.start`` counted per row."""
+    p = ObservationParams.from_config(obs_cfg)
+    C, H, W = state_shape
+    if p.kind == "stations":  # n_stations positions: small
+        op = make_observation_operator(obs_cfg, state_shape, generator)
+        return op.restrict(cols.start, cols.stop)[0], int((op.indices < cols.start).sum())
+    p.check(state_shape)
+    ey, ex = _steps(p.kind, H, W, int(p.every))
+    xs, ys = torch.arange(0, W, ex), torch.arange(0, H, ey)
+    found, before = [], 0
+    for c in range(C) if p.channels is None else sorted(int(k) for k in p.channels):
+        starts = c * H * W + ys * W  # flat index of each kept row's first column
+        below = (cols.start - starts).clamp(0, W)  # columns of each row before the slice
+        before += int(((below + ex - 1) // ex).clamp(max=len(xs)).sum())
+        meet = (starts < cols.stop) & (starts + W > cols.start)
+        flat = (starts[meet][:, None] + xs[None, :]).reshape(-1)
+        found.append(flat[(flat >= cols.start) & (flat < cols.stop)])
+    indices = torch.cat(found) - cols.start
+    return PointObservation(indices, float(p.sigma), cols.stop - cols.start, p.transform), before
 
 
 def make_observation_operator(

@@ -27,9 +27,10 @@ import torch
 from scoreda.config import ConfigError
 from scoreda.filters import make_filter
 from scoreda.filters.sharding import block, check_sharding
+from scoreda.observations import ObservationParams
 from scoreda.seeding import generator
 from scoreda.stages.common import DIAGNOSTICS, Run, main, record_time
-from scoreda.stages.nature import observation_operator, read_observations
+from scoreda.stages.nature import read_observations
 
 # World size as the common MPI launchers announce it to each process (before MPI is initialised).
 _LAUNCHER_SIZE = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE", "PMIX_SIZE")
@@ -112,7 +113,8 @@ def analysis(run_dir, cycle: int) -> str | None:
         except ValueError as e:
             raise ConfigError(str(e)) from None
     if comm is not None and f.shard == "state" and getattr(filt, "slices_state", None):
-        if filt.slices_state(observation_operator(run), math.prod(run.shape)):
+        d = math.prod(run.shape)
+        if filt.slices_state(ObservationParams.from_config(run.cfg.observation).n_observed(run.shape) == d):
             return analysis_sliced(run, cycle, filt, comm)
     done = run.done(cycle, "analysis")
     if comm is not None:

@@ -21,7 +21,12 @@ import torch
 
 from scoreda.dynamics import model_science
 from scoreda.io import CheckpointError, config_hash, read_dataset_file, read_selections, write_dataset_file
-from scoreda.observations import PointObservation, make_observation_operator
+from scoreda.observations import (
+    ObservationParams,
+    PointObservation,
+    make_observation_operator,
+    slice_observation_operator,
+)
 from scoreda.seeding import generator
 from scoreda.shocks import shock_std
 from scoreda.stages.common import Run, dynamics, main, note, record_time
@@ -141,20 +146,18 @@ def read_observations(
     """Observations y [p] of ``cycle`` and the operator, checked against the run's operator. Reads
     both layouts: ``obs`` and ``index`` on dimension ``location`` (with coordinates) or, in files
     written before coordinates, on dimension ``obs``. ``cols``: only those of the state indices
-    ``cols`` and the operator restricted to them (``PointObservation.restrict``), read by hyperslab."""
-    op = observation_operator(run)
+    ``cols`` and the operator restricted to them (``slice_observation_operator``), read by hyperslab."""
     path = run.path(cycle, "obs")
-    if cols is not None:
-        sub, keep = op.restrict(cols.start, cols.stop)
-        lo, hi = (int(keep[0]), int(keep[-1]) + 1) if len(keep) else (0, 0)
+    if cols is not None:  # no index vector of the whole state (``slice_observation_operator``)
+        o, stations = run.cfg.observation, generator(run.cfg.seed, 0, "stations")
+        sub, lo = slice_observation_operator(o, run.shape, cols, stations)
+        p, sel = ObservationParams.from_config(o).n_observed(run.shape), np.s_[lo : lo + sub.n_obs]
         expect = {"cycle": cycle, "config_hash": run.hash}
-        data = {
-            n: read_selections(path, n, [np.s_[lo:hi]], (op.n_obs,), expect)[0][0] for n in ("obs", "index")
-        }
-        keep = keep - lo
-        if not torch.equal(torch.from_numpy(data["index"])[keep] - cols.start, sub.indices):
+        data = {n: read_selections(path, n, [sel], (p,), expect)[0][0] for n in ("obs", "index")}
+        if not torch.equal(torch.from_numpy(data["index"]) - cols.start, sub.indices):
             raise ValueError(f"{path}: observation locations differ from the run's observation operator")
-        return torch.from_numpy(data["obs"])[keep], sub
+        return torch.from_numpy(data["obs"]), sub
+    op = observation_operator(run)
     data, _ = read_dataset_file(
         path,
         expect={"obs": (op.n_obs,), "index": (op.n_obs,)},

@@ -143,7 +143,9 @@ class EnSF:
         R, rank = (1, 0) if comm is None else (comm.size, comm.rank)
         M, d = prior.shape
         check_sharding(self.shard, M, d, R)
-        if R > 1 and self.slices_state(operator, d):  # the ranks' slices, then gathered
+        if R > 1 and self.slices_state(
+            observed_mask(operator, d) is None
+        ):  # the ranks' slices, then gathered
             cols = block(d, R, rank)
             sub, keep = operator.restrict(cols.start, cols.stop)
             post = self.analyse_slice(
@@ -180,15 +182,15 @@ class EnSF:
             self.processing.after(analysis, prior.to(device), full_operator), {"inflation": inflation}
         )
 
-    def slices_state(self, operator: ObservationOperator, d: int) -> bool:
+    def slices_state(self, observes_all: bool) -> bool:
         """Whether ``shard=state`` needs no more than each rank's slice of the state: everything but
         λ, the std floor and the mixture's z·x̃ᵀ is per state index (``analyse_slice``) — unless
         unobserved components are regressed from observed ones nearby (``unobserved=regress`` with
-        an operator that leaves some unobserved), which needs their neighbours (then every rank
-        holds the whole state and rank 0 regresses after the gather)."""
+        an operator that leaves some unobserved: not ``observes_all``), which needs their neighbours
+        (then every rank holds the whole state and rank 0 regresses after the gather)."""
         if self.shard != "state" or self.standardise != "point":
             return False
-        return self.unobserved == "none" or observed_mask(operator, d) is None
+        return self.unobserved == "none" or observes_all
 
     @torch.no_grad()
     def analyse_slice(
