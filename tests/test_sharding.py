@@ -109,9 +109,10 @@ def test_parts_that_do_not_tile_the_state_are_refused(stitched):
 @pytest.mark.slow
 def test_two_ranks_hold_half_the_memory_and_equal_one_rank(tmp_path):
     """The sliced stage on ``mpiexec -n 2`` vs one rank, d = 2·10⁶, M = 20: the same analysis (to
-    the float64 sums' rounding), each rank's peak RSS above its start ≤ 0.6 × the one rank's
-    (measured 0.52–0.54; at d = 10⁶ the fixed costs bring it to 0.56–0.63), while the one rank's
-    exceeds twice the whole ensemble's size; a deleted part is named, then repaired."""
+    the float64 sums' rounding); the one rank's peak RSS above its start exceeds twice the whole
+    ensemble's size, and each of the two ranks' is ≤ 1.25 × that per byte of its half (0.625 × the
+    one rank's; measured 0.50–0.55, the allocator's history moving it by a few hundredths); a deleted
+    part is named, then repaired."""
     d = 2 * 10**6
     one = make_run(tmp_path / "one", d, 1, "filter.kernel=fused")
     two = make_run(tmp_path / "two", d, 2, "filter.kernel=fused")
@@ -120,7 +121,7 @@ def test_two_ranks_hold_half_the_memory_and_equal_one_rank(tmp_path):
     extra1 = rss1[0]["peak"] - rss1[0]["base"]
     extra2 = [r["peak"] - r["base"] for r in rss2]
     assert extra1 > 2 * whole, extra1 / whole
-    assert all(e <= 0.6 * extra1 for e in extra2), (extra1 / whole, [e / whole for e in extra2])
+    assert all(e <= 1.25 * extra1 / 2 for e in extra2), (extra1 / whole, [e / whole for e in extra2])
     expect, _ = read_state(one / "cycles" / "000001" / "analysis.h5")
     got, attrs = read_state(two / "cycles" / "000001" / "analysis.h5")
     assert float(np.abs(got - expect).max()) <= 1e-5

@@ -79,6 +79,15 @@ def _to_numpy(x: Any) -> np.ndarray:
     return np.asarray(x)
 
 
+def non_finite(a: np.ndarray, block: int = 1 << 20) -> int:
+    """The number of non-finite values of a float array, counted in blocks (no mask of its size)."""
+    flat = a.reshape(-1)
+    return sum(
+        int(flat[i : i + block].size - np.isfinite(flat[i : i + block]).sum())
+        for i in range(0, flat.size, block)
+    )
+
+
 def _prepare_array(name: str, arr: Any, coord: bool = False) -> np.ndarray:
     """Float -> float32 (must be finite after the cast), integer/bool -> int64, and for a coordinate
     (``coord``) also 0-d and str (a numpy str array, stored as variable-length strings); anything else
@@ -91,8 +100,8 @@ def _prepare_array(name: str, arr: Any, coord: bool = False) -> np.ndarray:
     if a.dtype.kind == "f":
         with np.errstate(over="ignore"):  # overflow to inf is reported just below
             a = a.astype(np.float32, copy=False)
-        if not np.isfinite(a).all():
-            raise ValueError(f"variable {name!r} contains {int((~np.isfinite(a)).sum())} non-finite values")
+        if (bad := non_finite(a)) > 0:
+            raise ValueError(f"variable {name!r} contains {bad} non-finite values")
         return a
     if a.dtype.kind in "iub":
         return a.astype(np.int64)
@@ -359,9 +368,8 @@ def _check_values(path: Path, name: str, a: np.ndarray) -> None:
     if a.dtype.kind == "f":
         if a.dtype != np.float32:
             raise CheckpointError(path, f"variable {name!r} has dtype {a.dtype}, expected float32")
-        if not np.isfinite(a).all():
-            n = int((~np.isfinite(a)).sum())
-            raise CheckpointError(path, f"variable {name!r} contains {n} non-finite values")
+        if (bad := non_finite(a)) > 0:
+            raise CheckpointError(path, f"variable {name!r} contains {bad} non-finite values")
 
 
 def read_variable(path: str | os.PathLike, name: str, shape: tuple[int, ...] | None = None) -> np.ndarray:

@@ -233,18 +233,23 @@ def slice_observation_operator(
     if p.kind == "stations":  # n_stations positions: small
         op = make_observation_operator(obs_cfg, state_shape, generator)
         return op.restrict(cols.start, cols.stop)[0], int((op.indices < cols.start).sum())
-    p.check(state_shape)
     ey, ex = _steps(p.kind, H, W, int(p.every))
-    xs, ys = torch.arange(0, W, ex), torch.arange(0, H, ey)
+    if H % ey or W % ex:  # ``check``'s test, without building the whole index vector
+        raise ValueError(f"observation.every: {p.every} must divide the grid ({H}×{W})")
+    ys = torch.arange(0, H, ey)
     found, before = [], 0
     for c in range(C) if p.channels is None else sorted(int(k) for k in p.channels):
         starts = c * H * W + ys * W  # flat index of each kept row's first column
-        below = (cols.start - starts).clamp(0, W)  # columns of each row before the slice
-        before += int(((below + ex - 1) // ex).clamp(max=len(xs)).sum())
-        meet = (starts < cols.stop) & (starts + W > cols.start)
-        flat = (starts[meet][:, None] + xs[None, :]).reshape(-1)
-        found.append(flat[(flat >= cols.start) & (flat < cols.stop)])
-    indices = torch.cat(found) - cols.start
+        x0, x1 = (cols.start - starts).clamp(0, W), (cols.stop - starts).clamp(0, W)  # the slice's part
+        first, end = (x0 + ex - 1) // ex, (x1 + ex - 1) // ex  # its kept columns: first·ex, …, (end−1)·ex
+        before += int(first.sum())
+        meet = (end > first).nonzero().squeeze(1)  # rows that hold some: contiguous, whole but the ends
+        for r in meet[:1].tolist() + meet[1:][-1:].tolist():  # first and last: runs of their own
+            found.append(starts[r] + torch.arange(int(first[r]), int(end[r])) * ex)
+        if len(meet) > 2:  # the whole rows between, before the last
+            whole = starts[meet[1:-1], None] + torch.arange(0, W, ex)[None, :]
+            found.insert(len(found) - 1, whole.reshape(-1))
+    indices = (torch.cat(found) if found else torch.zeros(0, dtype=torch.long)) - cols.start
     return PointObservation(indices, float(p.sigma), cols.stop - cols.start, p.transform), before
 
 
