@@ -11,7 +11,7 @@ and each level obeys ∂θ/∂t = −J(ψ, θ) + (θ_eq − θ)/τ_diab, with θ
 θ_eq(y) = −(θ0/g) (f U μ_l / (2 l H)) cos(l y) / tanh(μ_l/2), l = 2π/L (zonal wind ±U/2 at the
 boundaries). Time stepping: RK4, hyperdiffusion of order ``diff_order`` by an integrating factor
 (e-folding time ``diff_efold`` at the grid cutoff π N/L), and a Jacobian dealiased by 3/2 zero
-padding (equivalent to the 2/3 rule).
+padding (equivalent to the 2/3 rule), its FFTs pruned to the nonzero part of the padded spectrum.
 
 ``jacobian="reference"`` is sqgturb (jswhit/sqgturb, the code behind the paper's nature run), mode
 for mode, and our default. It multiplies the advection by (3/2)² = 2.25 (sqgturb skips the FFT
@@ -78,11 +78,14 @@ def hermitian_k0(xh: torch.Tensor) -> torch.Tensor:
     An inverse real FFT keeps only this part of that column (pocketfft and MKL drop the rest; cuFFT
     does not promise to), so applying it first makes the transform the same on every backend.
     """
-    col = xh[..., :, 0]
-    partner = col[..., (-torch.arange(col.shape[-1], device=col.device)) % col.shape[-1]].conj()
     out = xh.clone()
-    out[..., :, 0] = 0.5 * (col + partner)
+    out[..., :, 0] = hermitian(xh[..., :, 0])
     return out
+
+
+def hermitian(col: torch.Tensor) -> torch.Tensor:
+    """(c(l) + c(−l)*)/2 of a column c [..., n] indexed by l = 0, 1, …, −1 (FFT order)."""
+    return 0.5 * (col + col.roll(-1, -1).flip(-1).conj())
 
 
 class SQG:
@@ -134,11 +137,11 @@ class SQG:
             torch.exp(-(p.dt / p.diff_efold) * (kappa / ktot_cut) ** p.diff_order).to(dev, torch.float32)
             * self.keep
         )
-        # padded-grid derivative operators (3/2 rule)
+        # padded-grid derivative operators (3/2 rule): ik on the columns k ≤ N/2, il on the 3N/2 rows
         self.Np = 3 * N // 2
         kp, lp = self._wavenumbers(self.Np)
-        self.ik_pad = (1j * kp).to(dev, torch.complex64)
-        self.il_pad = (1j * lp).to(dev, torch.complex64)
+        self.ik_cols = (1j * kp[:, : N // 2 + 1]).to(dev, torch.complex64)
+        self.il_rows = (1j * lp[:, : N // 2 + 1]).to(dev, torch.complex64)
         # relaxation target: symmetric jet, identical on both levels
         y = torch.arange(N, dtype=torch.float64) * (p.L / N)
         ljet = 2.0 * math.pi / p.L
@@ -159,30 +162,32 @@ class SQG:
         return torch.fft.irfft2(xh, s=(n, n), norm="forward")
 
     def _pad(self, xh: torch.Tensor) -> torch.Tensor:
-        """Zero-pad spectral coefficients [..., N, N/2+1] → [..., 3N/2, 3N/4+1].
+        """Spectral coefficients [..., N, N/2+1] zero-padded along l only → [..., 3N/2, N/2+1]: the
+        columns k = 0…N/2 are all the 3/2-padded spectrum holds (beyond them it is zero, which the
+        inverse FFT along x pads itself).
 
         Rows l = 0…N/2−1 and −N/2+1…−1, columns k = 0…N/2−1; with sqgturb's modes also the row
         l = −N/2, and the column k = N/2 conjugated (then the k = 0 column made Hermitian).
         """
         N, Np, h = self.p.N, self.Np, self.p.N // 2
-        out = xh.new_zeros(*xh.shape[:-2], Np, Np // 2 + 1)
+        out = xh.new_zeros(*xh.shape[:-2], Np, h + 1)
         lo = h if self.sqgturb_modes else h - 1  # negative rows carried: l = −lo … −1
         out[..., :h, :h] = xh[..., :h, :h]
         out[..., Np - lo :, :h] = xh[..., N - lo :, :h]
         if self.sqgturb_modes:
             out[..., :h, h] = xh[..., :h, h].conj()
             out[..., Np - h :, h] = xh[..., N - h :, h].conj()
-            out = hermitian_k0(out)
+            out[..., :, 0] = hermitian(out[..., :, 0])
         return out
 
-    def _truncate(self, xh_pad: torch.Tensor) -> torch.Tensor:
-        """Padded [..., 3N/2, 3N/4+1] → [..., N, N/2+1]: the modes ``_pad`` fills, less the k = N/2
-        column (the Jacobian there is dropped in both modes)."""
+    def _truncate(self, cols: torch.Tensor) -> torch.Tensor:
+        """The columns k = 0…N/2−1 of a padded spectrum [..., 3N/2, N/2] → [..., N, N/2+1]: the rows
+        ``_pad`` fills; the k = N/2 column (the Jacobian there is dropped in both modes) zero."""
         N, Np, h = self.p.N, self.Np, self.p.N // 2
         lo = h if self.sqgturb_modes else h - 1
-        out = xh_pad.new_zeros(*xh_pad.shape[:-2], N, N // 2 + 1)
-        out[..., :h, :h] = xh_pad[..., :h, :h]
-        out[..., N - lo :, :h] = xh_pad[..., Np - lo :, :h]
+        out = cols.new_zeros(*cols.shape[:-2], N, h + 1)
+        out[..., :h, :h] = cols[..., :h, :]
+        out[..., N - lo :, :h] = cols[..., Np - lo :, :]
         return out
 
     def to_grid(self, th: torch.Tensor) -> torch.Tensor:
@@ -198,12 +203,21 @@ class SQG:
         return torch.stack([psi0, psi1], dim=-3)
 
     def tendency(self, theta_hat: torch.Tensor) -> torch.Tensor:
-        """dθ̂/dt = −J(ψ, θ)^ + (θ̂_eq − θ̂)/τ_diab, Jacobian on the 3/2-padded grid."""
+        """dθ̂/dt = −J(ψ, θ)^ + (θ̂_eq − θ̂)/τ_diab, Jacobian on the 3/2-padded grid.
+
+        The 2-D transforms are pruned to the nonzero part of the padded spectrum: inverse, an FFT
+        along l on the N/2+1 columns k ≤ N/2 (of 3N/4+1), then a real one along x; forward, a real
+        FFT along x, of which only the N/2 columns k < N/2 go on to the FFT along l. The same sums
+        as the whole 2-D transforms of the zero-padded spectrum, to float32 rounding (3e-7)."""
         psi_hat = self.invert(theta_hat)
-        both = self._pad(torch.stack([psi_hat, theta_hat]))  # [2, M, 2, Np, Np/2+1]
-        derivs = self.ifft(torch.stack([self.ik_pad * both, self.il_pad * both]), self.Np)
-        (psi_x, th_x), (psi_y, th_y) = derivs[0], derivs[1]
-        jac_hat = self._truncate(self.fft(psi_x * th_y - psi_y * th_x))
+        both = self._pad(torch.stack([psi_hat, theta_hat]))  # [2, M, 2, Np, N/2+1]
+        spec = both.new_empty(4, *both.shape[1:])  # ψ_x, θ_x, ψ_y, θ_y before the FFT along l
+        torch.mul(both, self.ik_cols, out=spec[:2])
+        torch.mul(both, self.il_rows, out=spec[2:])
+        along_l = torch.fft.ifft(spec, dim=-2, norm="forward")
+        psi_x, th_x, psi_y, th_y = torch.fft.irfft(along_l, n=self.Np, dim=-1, norm="forward")
+        jac = torch.fft.rfft(psi_x * th_y - psi_y * th_x, dim=-1, norm="forward")[..., : self.p.N // 2]
+        jac_hat = self._truncate(torch.fft.fft(jac, dim=-2, norm="forward"))
         return (self.theta_eq_hat - theta_hat) / self.p.tdiab - self._jac_scale * jac_hat
 
     def _rk4(self, th: torch.Tensor) -> torch.Tensor:
