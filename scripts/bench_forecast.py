@@ -2,10 +2,11 @@
 
 Per case (model, N, members, device): the time of one ensemble step of RK4 (4 right-hand sides;
 each the 8 inverse and 2 forward FFTs of the 3N/2-padded grid per member, pruned to its nonzero
-part: ``SQG.tendency``), as ms per member-step and per right-hand side, the median of ``--repeats``
-runs of ``--steps`` steps after one warm-up (and the fastest: this machine is shared, and another
-tenant's load moves the median by 2× between runs); beside it, the FFTs alone (the same calls on random
-spectra: the floor that torch's FFT library sets).
+part: ``SQG.tendency``; on CPU in blocks of ``SQG.block_members`` members), as ms per member-step
+and per right-hand side, the median of ``--repeats`` runs of ``--steps`` steps after one warm-up
+(and the fastest: this machine is shared, and another tenant's load moves the median by 2× between
+runs); beside it, the FFTs alone (the same calls on random spectra, in the same blocks: the floor
+that torch's FFT library sets).
 CPU (default): 64² and 128², 20 members, ``--threads`` torch threads (default 1). GPU (``--gpu``):
 256², 20 and 100 members, CUDA events. Table on stdout, JSON to ``--out``:
 
@@ -96,12 +97,15 @@ def bench(n: int, members: int, steps: int, repeats: int, device: str, baseline:
 
 
 def bench_fft_floor(n: int, members: int, steps: int, repeats: int, device: str) -> dict:
-    """The FFTs alone of ``SQG.tendency`` (same shapes and calls, on random spectra): the floor of a
-    right-hand side with torch's FFT library, as a row like ``bench``'s (4 right-hand sides a step)."""
+    """The FFTs alone of ``SQG.tendency`` (same shapes and calls, on random spectra, in the same
+    member blocks as ``SQG.step``): the floor of a right-hand side with torch's FFT library, as a row
+    like ``bench``'s (4 right-hand sides a step)."""
     h, Np = n // 2, 3 * n // 2
+    block = min(members, SQG(SQGParams(N=n)).block_members) if device == "cpu" else members
     g = torch.Generator().manual_seed(0)
-    spec = torch.randn(4, members, 2, Np, h + 1, dtype=torch.complex64, generator=g).to(device)
-    grid = torch.randn(members, 2, Np, Np, generator=g).to(device)
+    spec = torch.randn(4, block, 2, Np, h + 1, dtype=torch.complex64, generator=g).to(device)
+    grid = torch.randn(block, 2, Np, Np, generator=g).to(device)
+    blocks = -(-members // block)
 
     def rhs_ffts() -> None:
         torch.fft.irfft(torch.fft.ifft(spec, dim=-2, norm="forward"), n=Np, dim=-1, norm="forward")
@@ -113,12 +117,12 @@ def bench_fft_floor(n: int, members: int, steps: int, repeats: int, device: str)
         if device == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        for _ in range(4 * steps):
+        for _ in range(4 * steps * blocks):
             rhs_ffts()
         if device == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
-    r = row("FFTs alone", n, members, device, steps, times)
+    r = row("FFTs alone", n, blocks * block, device, steps, times)
     r["note"] = "the pruned transforms of the RHS, nothing else"
     return r
 
