@@ -39,11 +39,11 @@ __all__ = [
     "STATE_DIMS",
     "CheckpointError",
     "config_hash",
-    "read_dataset_file",
-    "read_state",
     "blame_sources",
     "check_sources",
+    "read_dataset_file",
     "read_selections",
+    "read_state",
     "read_variable",
     "write_dataset_file",
     "write_state",
@@ -205,12 +205,9 @@ def write_dataset_file(
     for name, spec in [*coords.items(), *variables.items(), *virtual.items()]:  # coordinates first
         if name in prepared:
             raise ValueError(f"variable {name!r} given twice")
-        if name in virtual:  # its data lies elsewhere: only its dimensions and attributes here
-            vdims, vattrs = (
-                tuple(spec[0]),
-                {str(k): _prepare_attr(f"{name}.{k}", v) for k, v in spec[2].items()},
-            )
-            a = np.broadcast_to(np.float32(0), spec[1].shape)  # its shape, no memory
+        if name in virtual:  # its data lies elsewhere: only its dimensions, shape and attributes here
+            vdims, a = tuple(spec[0]), np.broadcast_to(np.float32(0), spec[1].shape)  # no memory
+            vattrs = {str(k): _prepare_attr(f"{name}.{k}", v) for k, v in spec[2].items()}
         else:
             vdims, a, vattrs = _prepare_variable(name, spec, coord=name in coords)
         prepared[name] = (vdims, a, vattrs)

@@ -126,16 +126,14 @@ def write_state_virtual(
         raise ValueError(f"{path}: the parts cover [0, {covered}) of {d} state indices")
     virtual = {"state": (STATE_DIMS, layout, dict(state_attrs or {}))}
     write_dataset_file(path, {}, attrs, coords, virtual=virtual)
-    keep = {Path(p).name for p, _, _ in parts}
-    for old in path.parent.iterdir():
-        if _part_pattern(path).fullmatch(old.name) and old.name not in keep:
-            old.unlink(missing_ok=True)
+    remove_parts(path, keep={Path(p).name for p, _, _ in parts})
 
 
-def remove_parts(path: str | os.PathLike) -> None:
-    """Delete every part file of ``path`` (after ``path`` was written whole)."""
+def remove_parts(path: str | os.PathLike, keep: set[str] = frozenset()) -> None:
+    """Delete the part files of ``path`` not named in ``keep`` (all of them after ``path`` was written
+    whole; an earlier split's after it was written over new parts)."""
     path = Path(path)
     if path.parent.is_dir():
         for old in path.parent.iterdir():
-            if _part_pattern(path).fullmatch(old.name):
+            if _part_pattern(path).fullmatch(old.name) and old.name not in keep:
                 old.unlink(missing_ok=True)
