@@ -87,8 +87,20 @@ def test_ensf_on_ranks_equals_one_rank(ranks, one_rank, tmp_path):
         assert got[name].shape == one_rank[name].shape, name
         err = float(np.abs(got[name] - one_rank[name]).max())
         assert err <= (ATOL_TILES if name.startswith("letkf") else ATOL), (name, err)
-        if name.startswith("members"):  # no reduction changes order: the same numbers
+        if name.startswith(("members", "gmrf")):  # no reduction changes order: the same numbers
             assert np.array_equal(got[name], one_rank[name]), name
+
+
+def test_gmrf_mp_on_four_ranks_uneven_tiles_equals_one_rank(one_rank, tmp_path):
+    """Message passing on 4 tiles of rows (5, 5, 4, 4 coarse rows of 18; a grid of one row cut along
+    x), messages across the tile edges by Sendrecv: one rank's analysis, bit for bit."""
+    out = tmp_path / "ranks.npz"
+    p = mpirun(4, str(HELPER), str(out), "--only", "gmrf")
+    assert p.returncode == 0, p.stderr[-3000:]
+    got = np.load(out)
+    assert sorted(got.files) == sorted(n for n in CASES if n.startswith("gmrf"))
+    for name in got.files:
+        assert np.array_equal(got[name], one_rank[name]), name
 
 
 @pytest.mark.parametrize(

@@ -23,6 +23,11 @@ class Collective(Protocol):
         """The ranks' ``t`` concatenated along ``dim`` in rank order on rank 0 (CPU); None elsewhere."""
         ...
 
+    def sendrecv(self, t: torch.Tensor, dest: int, source: int, tag: int = 0) -> torch.Tensor:
+        """Point to point: send ``t`` to rank ``dest``, return the tensor of ``t``'s shape that rank
+        ``source`` sent with the same tag."""
+        ...
+
 
 def block(n: int, parts: int, k: int) -> slice:
     """Block ``k`` of ``range(n)`` cut into ``parts`` contiguous blocks (the first n mod parts one longer)."""

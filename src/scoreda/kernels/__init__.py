@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-KERNELS = ("ensf_fused",)
+KERNELS = ("ensf_fused", "gmrf_mp")
 FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno", "-fPIC", "-shared"]
 OPENMP = ["-fopenmp"]
 

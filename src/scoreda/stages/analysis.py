@@ -74,6 +74,14 @@ class MPICollective:
     def bcast(self, obj):
         return self.comm.bcast(obj, root=0)
 
+    def sendrecv(self, t: torch.Tensor, dest: int, source: int, tag: int = 0) -> torch.Tensor:
+        """Send ``t`` to rank ``dest`` and return the tensor of ``t``'s shape and dtype that rank ``source``
+        sends with the same ``tag`` (buffers, no pickling)."""
+        buf = np.ascontiguousarray(t.detach().cpu().numpy())
+        got = np.empty_like(buf)
+        self.comm.Sendrecv(buf, dest=dest, sendtag=tag, recvbuf=got, source=source, recvtag=tag)
+        return torch.from_numpy(got).to(t.device)
+
 
 def communicator(ranks: int, launcher: str = "mpiexec") -> MPICollective | None:
     """The MPI world for ``filter.ranks`` ranks (None for one); a clear error if the launch disagrees."""
