@@ -55,6 +55,7 @@ class GMRFMessagePassing(Variational):
     levels: int = 3  # multigrid levels at most (1: the model grid alone; fewer where the grid stops halving)
     check_every: int = 10  # steps between convergence tests (the only collective)
     kernel: str = "fused"  # fused: the compiled step on CPU (torch on other devices); torch
+    precision: str = "float64"  # of the messages and the step (float32: half the memory traffic)
     max_iter: int = 2000
     capabilities: ClassVar[Capabilities] = Capabilities(shards=("state",))  # tiles of grid rows
 
@@ -63,6 +64,8 @@ class GMRFMessagePassing(Variational):
             raise ValueError("filter.reweight: must not be 0")
         if not 0 < self.damping <= 1:
             raise ValueError(f"filter.damping: must be in (0, 1], got {self.damping}")
+        if self.precision not in ("float64", "float32"):
+            raise ValueError(f"filter.precision: expected float64 or float32, got {self.precision!r}")
         if self.kernel not in ("fused", "torch"):
             raise ValueError(f"filter.kernel: expected fused or torch, got {self.kernel!r}")
         for key in ("levels", "check_every"):
@@ -136,7 +139,8 @@ class GMRFMessagePassing(Variational):
         else:
             a, b = messages
         fused = self.kernel == "fused" and h.device.type == "cpu"
-        gamma, h = (gamma.double().contiguous(), h.double().contiguous()) if fused else (gamma, h)
+        dtype = getattr(torch, self.precision)
+        gamma, h = gamma.to(dtype).contiguous(), h.to(dtype).contiguous()
         if fused:
             try:
                 library("gmrf_mp")
@@ -270,13 +274,13 @@ class Stencil:
         )
 
     def step_fused(self, a, b, gamma, h, c: float, lam: float, comm=None, out=None):
-        """``step_torch`` through the compiled kernel (``kernels/gmrf_mp.c``; float64, CPU): the new
+        """``step_torch`` through the compiled kernel (``kernels/gmrf_mp.c``; CPU): the new
         (a, b), written into ``out`` when given (buffers of a's and b's shapes)."""
         a_new, b_new = out if out is not None else (torch.empty_like(a), torch.empty_like(b))
         Ma, Mb = a.shape[0], b.shape[0]
         bufs = [a.new_empty(Ma, self.n_down), a.new_empty(Ma, self.n_up)]
         bufs += [b.new_empty(Mb, self.n_down), b.new_empty(Mb, self.n_up)]
-        g = (self.weights / c).double().contiguous()
+        g = (self.weights / c).to(a.dtype).contiguous()
         kernel_step(self, g, c, lam, gamma, h, a, b, a_new, b_new, *bufs)
         for new, old, down, up in ((a_new, a, *bufs[:2]), (b_new, b, *bufs[2:])):
             arriving = torch.cat(self.exchange(down, up, comm), 1)  # into this tile's edge rows
@@ -286,16 +290,17 @@ class Stencil:
 
 
 def kernel_step(graph, g, c, lam, gamma, h, a, b, a_new, b_new, a_down, a_up, b_down, b_up) -> None:
-    """One step of ``kernels/gmrf_mp.c`` (``filters.gmrf_mp.Stencil.step_fused``): float64 CPU tensors,
-    contiguous; ``graph`` the ``Stencil`` (offsets, reverse, send-buffer layout)."""
-    fn = library("gmrf_mp").gmrf_mp_step  # KernelUnavailable: names filter.kernel=torch (caller)
+    """One step of ``kernels/gmrf_mp.c`` (``filters.gmrf_mp.Stencil.step_fused``): contiguous CPU tensors
+    of one dtype (float64 or float32); ``graph`` the ``Stencil`` (offsets, reverse, send buffers)."""
+    suffix = {torch.float64: "f64", torch.float32: "f32"}[a.dtype]
+    fn = getattr(library("gmrf_mp"), f"gmrf_mp_step_{suffix}")  # KernelUnavailable: see ``iterate``
     if fn.argtypes is None:
         i64, ptr = ctypes.c_int64, ctypes.c_void_p
         fn.restype = ctypes.c_int
         fn.argtypes = [i64] * 6 + [ptr] * 4 + [i64, i64, ptr, ctypes.c_double, ctypes.c_double] + [ptr] * 10
     tensors = (gamma, h, a, b, a_new, b_new, a_down, a_up, b_down, b_up)
-    if not all(t.dtype == torch.float64 and t.is_contiguous() and t.device.type == "cpu" for t in tensors):
-        raise ValueError("gmrf_mp_step: float64 contiguous CPU tensors expected")
+    if not all(t.dtype == a.dtype and t.is_contiguous() and t.device.type == "cpu" for t in tensors + (g,)):
+        raise ValueError("gmrf_mp_step: contiguous CPU tensors of one dtype expected")
     E, C, T, W = a.shape[1:]
     tables = (graph.table, graph.rev, graph.first_down, graph.first_up)
     status = fn(
