@@ -37,7 +37,7 @@ run: $(STAMP)
 	$(PY) workflows/cycle.py experiment=quickstart
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=25
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src workflows tests scripts
