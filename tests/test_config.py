@@ -98,6 +98,8 @@ def test_default_config_validates():
         (["filter=letkf", "filter.ranks=80", "members=100"], "filter.ranks: 80 ranks for a grid of 64 rows"),
         (["filter.kernel=fused", "observation=arctan"], "filter.kernel: fused takes linear observations"),
         (["filter=none", "filter.ranks=2", "filter.shard=state"], "filter.ranks: filter=none runs on one"),
+        (["members=1"], "members: filter=ensf needs ≥ 2"),
+        (["filter=gmrf_mp", "members=0"], "members: must be ≥ 1"),
         (["surrogate.step_hours=5"], "surrogate.step_hours:"),
         (["surrogate.step_hours=0"], "surrogate.step_hours:"),
         (["pretrain.frame_hours=5"], "pretrain.frame_hours:"),

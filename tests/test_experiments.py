@@ -173,6 +173,8 @@ FILTER_ARMS = {
         "lensf": ("lensf", {}),
         "perfect_letkf_tuned": ("letkf", dict(cutoff=1750.0, rtps=0.3, adaptive_inflation=False)),
         "perfect_letkf_adaptive": ("letkf", dict(cutoff=1500.0, rtps=0.3, adaptive_inflation=True)),
+        "perfect_var3d": ("var3d", dict(length_scale=150.0, sigma=1.0)),
+        "perfect_gmrf_mp": ("gmrf_mp", dict(length_scale=150.0, sigma=1.0, precision="float32", tol=1e-5)),
     },
     "filters_shocks": {
         "shocks_lensf": ("lensf", dict(cutoff=1000.0, rtps=0.0)),
@@ -192,6 +194,8 @@ FILTER_ARMS = {
         "lensf": ("lensf", {}),
         "every4_letkf_tuned": ("letkf", dict(cutoff=2000.0, rtps=0.3, adaptive_inflation=False)),
         "every4_letkf_adaptive": ("letkf", dict(cutoff=2000.0, rtps=0.3, adaptive_inflation=True)),
+        "every4_var3d": ("var3d", dict(length_scale=600.0, sigma=3.0)),
+        "every4_gmrf_mp": ("gmrf_mp", dict(length_scale=600.0, sigma=3.0, precision="float32", tol=1e-5)),
     },
 }
 

@@ -29,8 +29,16 @@ def test_spread_is_ddof1():
     ens[:, 0, 0, 0] = [0.0, 2.0]  # unbiased variance 2 (biased would be 1)
     ens[:, 0, 0, 1] = [1.0, 1.0]  # variance 0
     assert metrics.spread(ens) == pytest.approx(1.0)  # sqrt((2 + 0) / 2)
-    with pytest.raises(ValueError):
-        metrics.spread(ens[:1])
+
+
+def test_one_member_is_a_point_forecast():
+    """A deterministic run (members=1): spread 0, the CRPS the mean absolute error, a zero spread
+    spectrum — never NaN."""
+    rng = np.random.default_rng(0)
+    ens, truth = rng.normal(size=(1, 2, 8, 8)), rng.normal(size=(2, 8, 8))
+    assert metrics.spread(ens) == 0.0
+    assert metrics.crps(ens, truth) == pytest.approx(np.abs(ens[0] - truth).mean())
+    assert not metrics.spread_spectrum(ens)[1].any()
 
 
 def _crps_fair_closed_form(x: np.ndarray, y: float) -> float:

@@ -2,10 +2,13 @@
 (``filter=var3d``) against closed forms, and message passing (``filter=gmrf_mp``) against 3D-Var.
 Several ranks: ``test_ensf_mpi.py`` (cases ``gmrf-*`` of ``ensf_mpi_cases.py``)."""
 
+import csv
 import math
+import subprocess
 
 import pytest
 import torch
+from conftest import CYCLE, tiny  # noqa: E402
 
 from scoreda.filters.gmrf_mp import GMRFMessagePassing, Stencil
 from scoreda.filters.matern import MaternPrior, fit_matern
@@ -182,3 +185,17 @@ def test_too_many_ranks_and_diverging_messages_are_named():
     )
     with pytest.raises(FloatingPointError, match="filter=gmrf_mp: the messages diverged"):
         plain_bp.analyse(prior, y, op)
+
+
+def test_one_member_is_a_deterministic_var3d_cycle(tmp_path):
+    """``members=1``: 3D-Var without perturbed observations, through the whole cycle; spread 0, the
+    CRPS the absolute error, the analysis better than its forecast."""
+    run = tmp_path / "det"
+    overrides = [o for o in tiny(1, 10, "cycles=2", "progress=false") if not o.startswith("filter.n_steps")]
+    cmd = [*CYCLE, *overrides, "filter=var3d", "filter.length_scale=2000", f"run_dir={run}"]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    assert [int(r["cycle"]) for r in rows] == [1, 2]
+    for r in rows:
+        assert float(r["spread_analysis"]) == 0.0 and float(r["rmse_analysis"]) < float(r["rmse_forecast"])

@@ -68,7 +68,7 @@ class Root:
     scaling: ScalingParams = field(default_factory=ScalingParams)
 
     def __post_init__(self) -> None:
-        require(self.members >= 2, "members", f"must be ≥ 2, got {self.members}")
+        require(self.members >= 1, "members", f"must be ≥ 1, got {self.members}")
         require(self.cycles >= 1, "cycles", f"must be ≥ 1, got {self.cycles}")
         require(self.burn_in >= 0, "burn_in", f"must be ≥ 0, got {self.burn_in}")  # ≥ cycles: a short run
         require(self.seed >= 0, "seed", f"must be ≥ 0, got {self.seed}")
@@ -130,7 +130,13 @@ def _check_values(c: DictConfig) -> None:
         "filter.ranks",
         f"{f.ranks} ranks for {c.members} members: each rank needs at least one member",
     )
-    shards = _own(make_filter, f, grid).capabilities.shards
+    capabilities = _own(make_filter, f, grid).capabilities
+    shards = capabilities.shards
+    _check(
+        c.members >= capabilities.min_members,
+        "members",
+        f"filter={f.name} needs ≥ {capabilities.min_members} members, got {c.members}",
+    )
     _check(
         f.ranks == 1 or f.shard in shards,
         "filter.shard" if shards else "filter.ranks",

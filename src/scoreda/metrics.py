@@ -66,11 +66,6 @@ def _ens_truth(ens: Any, truth: Any) -> tuple[np.ndarray, np.ndarray]:
     return e, t
 
 
-def _need_members(e: np.ndarray, m_min: int, what: str) -> None:
-    if e.shape[0] < m_min:
-        raise ValueError(f"{what} needs an ensemble of at least {m_min} members, got {e.shape[0]}")
-
-
 def rmse(ens: Any, truth: Any) -> float:
     """Root-mean-square error of the ensemble mean.
 
@@ -88,10 +83,12 @@ def spread(ens: Any) -> float:
 
     ``sqrt( mean_{c,y,x} s²[c,y,x] )`` with ``s² = (1/(M-1)) Σ_m (ens[m] - xbar)²`` (ddof=1) at each
     grid point. With this estimator the spread matches the RMSE of the ensemble mean for a
-    statistically consistent ensemble only up to the factor sqrt((M+1)/M). Requires M ≥ 2.
+    statistically consistent ensemble only up to the factor sqrt((M+1)/M). One member (a
+    deterministic run): 0.
     """
     e = _as_np(ens)
-    _need_members(e, 2, "spread")
+    if e.shape[0] == 1:
+        return 0.0
     return float(np.sqrt(np.mean(np.var(e, axis=0, ddof=1))))
 
 
@@ -109,10 +106,12 @@ def crps(ens: Any, truth: Any, *, estimator: str = "pwm") -> float:
     point instead of the O(M²) pairwise differences of the ``"fair"`` code path; any other
     scoringrules estimator name may be passed (``"nrg"`` gives the standard, biased estimator with
     1/(2M²)). The fair estimator is unbiased for the CRPS of the distribution the members are
-    drawn from, so ensembles of different size are scored comparably. Requires M ≥ 2.
+    drawn from, so ensembles of different size are scored comparably. One member (a deterministic
+    run): the CRPS of a point forecast, the mean absolute error.
     """
     e, t = _ens_truth(ens, truth)
-    _need_members(e, 2, "crps")
+    if e.shape[0] == 1:
+        return float(np.mean(np.abs(e[0] - t)))
     per_point = sr.crps_ensemble(t, e, m_axis=0, estimator=estimator, backend="numpy")
     return float(np.mean(per_point))
 
@@ -223,9 +222,8 @@ def spread_spectrum(ens: Any, L: float = 2 * np.pi) -> tuple[np.ndarray, np.ndar
     for a spread–skill check per scale. ``ens`` is ``[M, C, N, N]``; returns ``(k, E)``, n = 1 … N//2.
     """
     e = _as_np(ens)
-    _need_members(e, 2, "spread_spectrum")
     k, E = isotropic_spectrum(e - e.mean(axis=0), L)
-    return k, E * e.shape[0] / (e.shape[0] - 1)
+    return k, E * e.shape[0] / max(e.shape[0] - 1, 1)  # one member: zeros
 
 
 def scores(forecast: Any, analysis: Any, truth: Any) -> dict[str, float]:

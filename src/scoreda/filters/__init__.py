@@ -24,10 +24,12 @@ from scoreda.observations import ObservationOperator
 @dataclass(frozen=True)
 class Capabilities:
     """What a filter supports. ``shards``: the ``filter.shard`` modes it runs on several MPI ranks
-    (empty: one rank only); ``nonlinear_operators``: observation operators other than h(x) = x[i]."""
+    (empty: one rank only); ``nonlinear_operators``: observation operators other than h(x) = x[i];
+    ``min_members``: the smallest ensemble it analyses (1: a deterministic run)."""
 
     shards: tuple[str, ...] = ()
     nonlinear_operators: bool = True
+    min_members: int = 2
 
 
 @dataclass
@@ -107,7 +109,7 @@ def filter_class(name: str) -> type:
 class NoAssimilation:
     """``filter=none``: the analysis is the forecast (a free ensemble run). No keys."""
 
-    capabilities: ClassVar[Capabilities] = Capabilities()
+    capabilities: ClassVar[Capabilities] = Capabilities(min_members=1)
 
     @classmethod
     def from_config(cls, filter_cfg, grid=None) -> NoAssimilation:

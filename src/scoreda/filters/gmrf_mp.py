@@ -57,7 +57,7 @@ class GMRFMessagePassing(Variational):
     kernel: str = "fused"  # fused: the compiled step on CPU (torch on other devices); torch
     precision: str = "float64"  # of the messages and the step (float32: half the memory traffic)
     max_iter: int = 2000
-    capabilities: ClassVar[Capabilities] = Capabilities(shards=("state",))  # tiles of grid rows
+    capabilities: ClassVar[Capabilities] = Capabilities(shards=("state",), min_members=1)  # tiles of rows
 
     def __post_init__(self) -> None:
         if self.reweight == 0:

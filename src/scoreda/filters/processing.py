@@ -258,8 +258,8 @@ def cap_spread(analysis: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
 
 def relax_spread(analysis: torch.Tensor, prior: torch.Tensor, rtps: float) -> torch.Tensor:
     """RTPS (Whitaker & Hamill 2012): analysis anomalies scaled so that, per component,
-    σ_new = rtps·σ_f + (1 − rtps)·σ_a. rtps = 0 leaves it unchanged."""
-    if rtps == 0:
+    σ_new = rtps·σ_f + (1 − rtps)·σ_a. rtps = 0 (or one member) leaves it unchanged."""
+    if rtps == 0 or len(analysis) == 1:
         return analysis
     mean = analysis.mean(0, keepdim=True)
     sa = analysis.std(0, keepdim=True).clamp_min(torch.finfo(analysis.dtype).tiny)

@@ -158,7 +158,7 @@ class Variational:
 class Var3D(Variational):
     """``filter=var3d``: the normal equations by preconditioned conjugate gradients (module docstring)."""
 
-    capabilities: ClassVar[Capabilities] = Capabilities()
+    capabilities: ClassVar[Capabilities] = Capabilities(min_members=1)
 
     def solve(self, Q: MaternPrior, curv: torch.Tensor, rhs: torch.Tensor, comm=None):
         """Preconditioned CG on every member at once; inner products per member in float64."""
