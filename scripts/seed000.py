@@ -6,7 +6,7 @@ error); background: the prior mean, 0. Methods: the prior mean, ``filter=var3d``
 ``filter=gmrf_mp`` on 1 and 2 MPI ranks (``mpiexec``), each in its own process so that its peak RSS
 is its own. Prints a table beside the seed's and writes JSON.
 
-    python scripts/seed000.py                          # 1936², ranks 1 and 2 → bench_seed000.json
+    python scripts/seed000.py                  # 1936², ranks 1 and 2 → runs/bench/bench_seed000.json
     python scripts/seed000.py --n 256 --out /tmp/s.json
 """
 
@@ -25,6 +25,7 @@ import torch
 
 from scoreda.filters.gmrf_mp import GMRFMessagePassing
 from scoreda.filters.var3d import Var3D
+from scoreda.io import write_text
 from scoreda.observations import PointObservation
 
 SEED_TABLE = {"prior": (2.78, None), "var3d": (2.33, 16.0), "gmrf_mp": (1.23, 115.0)}  # RMSE K, s (GPU)
@@ -86,7 +87,7 @@ def main() -> None:
     ap.add_argument("--precision", default="float32")
     ap.add_argument("--ranks", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", type=Path, default=Path("bench_seed000.json"))
+    ap.add_argument("--out", type=Path, default=Path("runs/bench/bench_seed000.json"))
     ap.add_argument("--method", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.method:
@@ -116,9 +117,9 @@ def main() -> None:
             f" {', '.join(f'{m:.2f}' for m in r['peak_rss_gib'])} | {seed[0]} K"
             + (f", {seed[1]:.0f} s |" if seed[1] else " |")
         )
-    args.out.write_text(
-        json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "load": load, "rows": rows}, indent=1)
-    )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    doc = {"args": {k: str(v) for k, v in vars(args).items()}, "load": load, "rows": rows}
+    write_text(args.out, json.dumps(doc, indent=1))  # atomic
 
 
 def common_args(args) -> list[str]:
