@@ -3,8 +3,11 @@
 Several ranks: ``test_ensf_mpi.py`` (cases ``gmrf-*`` of ``ensf_mpi_cases.py``)."""
 
 import csv
+import json
 import math
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -199,3 +202,25 @@ def test_one_member_is_a_deterministic_var3d_cycle(tmp_path):
     assert [int(r["cycle"]) for r in rows] == [1, 2]
     for r in rows:
         assert float(r["spread_analysis"]) == 0.0 and float(r["rmse_analysis"]) < float(r["rmse_forecast"])
+
+
+def test_seed000_script_runs_small(tmp_path):
+    """``scripts/seed000.py`` at 32² on 1 and 2 ranks: a table and JSON; message passing within 1 % of
+    3D-Var's RMSE, both below the prior's, and the two-rank run one rank's."""
+    script = Path(__file__).resolve().parents[1] / "scripts" / "seed000.py"
+    out = tmp_path / "s.json"
+    p = subprocess.run(
+        [sys.executable, str(script), "--n", "32", "--fraction", "0.2", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "| gmrf_mp | 2 |" in p.stdout
+    rows = json.loads(out.read_text())["rows"]
+    prior, var3d = rows["prior/1"]["rmse"], rows["var3d/1"]["rmse"]
+    assert var3d < 0.8 * prior
+    assert abs(rows["gmrf_mp/1"]["rmse"] - var3d) <= 0.01 * var3d
+    assert (
+        rows["gmrf_mp/2"]["rmse"] == rows["gmrf_mp/1"]["rmse"] and len(rows["gmrf_mp/2"]["peak_rss_gib"]) == 2
+    )
