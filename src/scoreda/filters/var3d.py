@@ -142,8 +142,7 @@ class Variational:
             delta, info = self.solve(Q, curv, rhs, comm)
             iterations += info["iterations"]
             residual = info["residual"]
-            if delta is not None:
-                x = x + delta.reshape(M, d)
+            x = x + delta.reshape(M, d)  # every rank holds δ (gmrf_mp all-reduces its tiles)
         if comm is not None and comm.rank != 0:
             return Analysis(None, {"inflation": inflation})
         post = processing.after(x.to(prior.dtype), xb, operator)
