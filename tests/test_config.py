@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 from scoreda.config import ConfigError, divergence_bound, validate
 from scoreda.io import config_hash
@@ -40,6 +41,16 @@ def test_every_config_composes_and_validates(group, option, tmp_path):
         extra = [f"surrogate.checkpoint={tmp_path / 'w.pt'}"]
     if (group, option) == ("observation", "velocity_stations"):  # observes channels of the QG state
         extra = ["model=qg2l", "model.state=pv_velocity"]
+    if group == "tuning":  # <experiment>_<filter>, chosen by config.yaml's defaults, never by hand
+        exp = max(
+            (e.stem for e in (CONFIGS / "experiment").glob("*.yaml") if option.startswith(f"{e.stem}_")),
+            key=len,
+        )
+        filt = option[len(exp) + 1 :]
+        cfg = validate(_compose(f"experiment={exp}", f"filter={filt}"))
+        tuned = OmegaConf.load(CONFIGS / "tuning" / f"{option}.yaml").filter
+        assert cfg.filter.name == filt and all(cfg.filter[k] == v for k, v in tuned.items())
+        return
     cfg = validate(_compose(f"{group}={option}", *extra))
     if group == "experiment":
         assert cfg.experiment_name == option

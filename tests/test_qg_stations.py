@@ -171,7 +171,7 @@ def test_channel_scores():
     assert set(sent) == {"cycle", "inflation", *metrics.SCORE_NAMES, *out}
 
 
-@pytest.mark.parametrize("filt", ["ensf", "letkf", "none"])
+@pytest.mark.parametrize("filt", ["ensf", "letkf", "lensf", "var3d", "gmrf_mp", "none"])
 def test_experiment_composes(filt):
     c = validate(cfg_of("experiment=qg_stations", f"filter={filt}"))
     assert (c.model.name, c.model.nx, c.model.state, c.model.cycle_hours) == ("qg2l", 64, "pv_velocity", 12)
@@ -186,10 +186,14 @@ def test_experiment_composes(filt):
     )
     assert model_grid(c.model).shape == (6, 64, 64)
     assert c.run_dir == f"runs/qg_stations/{filt}" and c.experiment_name == "qg_stations"
-    if filt == "none":  # the experiment's preset cutoff is not a key of filter=none: dropped
+    # each filter's tuned keys: configs/tuning/qg_stations_<filter>.yaml
+    if filt == "none":
         assert set(c.filter) == {"name", "ranks", "shard"}
+    elif filt in ("var3d", "gmrf_mp"):
+        assert "cutoff" not in c.filter and c.filter.length_scale == 50.0
+        assert list(c.filter.sigma_levels) == [5e-6, 0.05, 0.05, 5e-6, 0.05, 0.05]
     else:
-        assert c.filter.cutoff == 75.0  # km: tuned, configs/experiment/qg_stations.yaml
+        assert c.filter.cutoff == 75.0  # km: tuned on 60-cycle runs
     if filt == "letkf":
         assert c.filter.rtps == 0.3
     if filt == "ensf":
@@ -209,10 +213,10 @@ SMALL = [
 
 
 @pytest.mark.slow
-def test_two_cycles_with_both_filters(tmp_path):
+def test_two_cycles_with_every_filter(tmp_path):
     cmd = [*CYCLE, "-m", "experiment=qg_stations"]
     cmd += [
-        "filter=ensf,letkf",
+        "filter=ensf,letkf,var3d",
         *SMALL,
         f"run_dir={tmp_path}/${{filter.name}}",
         f"hydra.sweep.dir={tmp_path}",
@@ -220,18 +224,27 @@ def test_two_cycles_with_both_filters(tmp_path):
     env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
     out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
-    for filt in ("ensf", "letkf"):
+    for filt in ("ensf", "letkf", "var3d"):
         run = tmp_path / filt
         rows = list(csv.DictReader(open(run / "metrics.csv")))
         assert [int(r["cycle"]) for r in rows] == [1, 2]
         for r in rows:
+            if filt == "var3d":  # a prior without balance: the observed velocities move, the PV does not
+                for name in ("q1", "q2"):
+                    assert r[f"rmse_analysis_{name}"] == r[f"rmse_forecast_{name}"]
             # the headline is the PV over both layers: the pooled RMSE of q1 and q2
             pooled = math.sqrt((float(r["rmse_analysis_q1"]) ** 2 + float(r["rmse_analysis_q2"]) ** 2) / 2)
             assert float(r["rmse_analysis"]) == pytest.approx(pooled, rel=1e-6)
             assert 1e-8 < float(r["rmse_analysis"]) < 1e-4  # 1/s
             assert 1e-4 < float(r["rmse_analysis_u1"]) < 0.2  # m/s
-            for name in ("u1", "v1"):  # the observed upper-layer velocities are corrected
+            for name in ("u1", "v1") if filt != "var3d" else ():  # the observed velocities are corrected
                 assert float(r[f"rmse_analysis_{name}"]) < float(r[f"rmse_forecast_{name}"])
+        if filt == "var3d":  # ... by 3D-Var on average over the two cycles (u1 cycle 1: 0.01505 → 0.01508)
+            for name in ("u1", "v1"):
+                mean = {
+                    k: np.mean([float(r[f"rmse_{k}_{name}"]) for r in rows]) for k in ("analysis", "forecast")
+                }
+                assert mean["analysis"] < mean["forecast"]
         s = json.loads((run / "summary.json").read_text())
         assert s["headline_channels"] == ["q1", "q2"] and s["units"] == "1/s"
         assert s["channels"] == ["q1", "u1", "v1", "q2", "u2", "v2"]
