@@ -3,6 +3,7 @@
     torchrun --nproc_per_node 2 tests/trainer_cases.py --strategy zero2,ddp --steps 5 --out OUT.json
     mpiexec -n 2 python tests/trainer_cases.py --strategy ddp --steps 5 --resume-at 2 --out OUT.json
     ... --strategy ddp,ddp@surrogate.grad_accum=4@surrogate.drop_rate=0   # a case with its own overrides
+    ... --model scorenet          # the score network's denoising loss (issue 21) instead of the ViT
 
 Each case (several run one after another in one launch: start-up dominates) trains the tiny ViT on a
 fixed synthetic data set; rank 0 writes one JSON entry per case: the per-step global losses, a
@@ -29,6 +30,9 @@ import torch.distributed as dist
 from hydra import compose, initialize_config_dir
 
 from scoreda.config import validate
+from scoreda.learned.params import build_scorenet
+from scoreda.learned.schedule import VPCosine
+from scoreda.learned.unet import DenoisingLoss
 from scoreda.surrogate.distributed import discover, init_distributed
 from scoreda.surrogate.trainer import COMPLETE, Trainer
 from scoreda.surrogate.vit import build_vit
@@ -48,13 +52,25 @@ TINY = (
     "surrogate.drop_rate=0.1",
     "surrogate.drop_path=0.1",
 )
+SMALL_SCORENET = (  # with --model scorenet: a 2-level U-Net, the same batches as the ViT's
+    "scorenet.channels=2",
+    "scorenet.hidden=[8,16]",
+    "scorenet.blocks=[1,1]",
+    "scorenet.kernel=3",
+    "scorenet.emb=16",
+    "scorenet.batch_size=16",
+    "scorenet.grad_accum=2",
+    "scorenet.lr=1e-2",
+    "scorenet.warmup_steps=1",
+)
 WHOLE_ON_EACH_RANK = ("ddp", "zero1", "zero2")  # strategies whose local module holds every weight
 
 
 def config(strategy: str, ranks: int, *extra: str):
     """The validated config of ``strategy`` on ``ranks`` processes with the tiny ViT."""
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        cfg = compose("config", overrides=[*TINY, f"parallel={strategy}", f"parallel.ranks={ranks}", *extra])
+        over = [*TINY, *SMALL_SCORENET, f"parallel={strategy}", f"parallel.ranks={ranks}", *extra]
+        cfg = compose("config", overrides=over)
     return validate(cfg)
 
 
@@ -113,8 +129,18 @@ def run(case: str, args, env, X, Y, tmp: Path) -> dict:
     s = cfg.surrogate
     name = case.replace("@", "_").replace("=", "-")
 
+    if args.model == "scorenet":  # the denoising loss of the score network: targets are zeros
+        s, Y = cfg.scorenet, torch.zeros_like(Y)
+
+        def factory():
+            return DenoisingLoss(build_scorenet(s), VPCosine(s.eta))
+    else:
+
+        def factory():
+            return build_vit(s)
+
     def new_trainer() -> Trainer:
-        return Trainer(lambda: build_vit(s), s, cfg.parallel, env, "cpu", total_steps=args.steps, seed=0)
+        return Trainer(factory, s, cfg.parallel, env, "cpu", total_steps=args.steps, seed=0)
 
     trainer = new_trainer()
     out = {"losses": trainer.fit(X, Y, args.steps, seed=1), **fingerprints(trainer, strategy)}
@@ -122,7 +148,8 @@ def run(case: str, args, env, X, Y, tmp: Path) -> dict:
     if env.rank == 0:
         out["full_keys"] = len(rank0)
         out["abs_sum"] = float(sum(v.double().abs().sum() for v in rank0.values()))
-    out["weights_max_diff"] = weights_check(trainer, cfg, X, tmp / f"weights-{name}.pt")
+    if args.model == "vit":
+        out["weights_max_diff"] = weights_check(trainer, cfg, X, tmp / f"weights-{name}.pt")
     del trainer
     if args.resume_at is not None:
         k = args.resume_at
@@ -160,6 +187,7 @@ def main() -> None:
     ap.add_argument("--resume-at", type=int, default=None)
     ap.add_argument("--out", required=True)
     ap.add_argument("--override", nargs="*", default=[], help="extra Hydra overrides")
+    ap.add_argument("--model", choices=("vit", "scorenet"), default="vit", help="scorenet: SMALL_SCORENET")
     ap.add_argument("--local_rank", type=int, default=None, help="passed by the deepspeed launcher")
     args = ap.parse_args()
     torch.set_num_threads(1)

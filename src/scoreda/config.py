@@ -20,6 +20,7 @@ from scoreda.dynamics import model_params
 from scoreda.dynamics.grid import model_grid
 from scoreda.filters import make_filter
 from scoreda.filters.sharding import SHARDS
+from scoreda.learned.params import ScoreNetParams
 from scoreda.observations import ObservationParams
 from scoreda.platform import PlatformParams, ScalingParams
 from scoreda.registry import ModelCommon, section
@@ -36,6 +37,7 @@ SECTIONS = {
     "surrogate": SurrogateParams,
     "parallel": ParallelParams,
     "pretrain": PretrainParams,
+    "scorenet": ScoreNetParams,
     "platform": PlatformParams,
     "scaling": ScalingParams,
     "logger": LoggerParams,
@@ -63,6 +65,7 @@ class Root:
     surrogate: SurrogateParams = field(default_factory=SurrogateParams)
     parallel: ParallelParams = field(default_factory=ParallelParams)
     pretrain: PretrainParams = field(default_factory=PretrainParams)
+    scorenet: ScoreNetParams = field(default_factory=ScoreNetParams)
     platform: PlatformParams = field(default_factory=PlatformParams)
     logger: LoggerParams = field(default_factory=LoggerParams)
     scaling: ScalingParams = field(default_factory=ScalingParams)

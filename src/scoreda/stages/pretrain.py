@@ -55,20 +55,21 @@ def step_hours(cfg) -> float:
     return float(cfg.surrogate.step_hours or cfg.model.cycle_hours)
 
 
-def _trajectory_key(cfg) -> str:
-    p = cfg.pretrain
+def _trajectory_key(cfg, frame: float | None = None) -> str:
+    p, frame = cfg.pretrain, frame or frame_hours(cfg)
     keys = [p.trajectories, p.length, p.decorrelate_cycles]
-    if frame_hours(cfg) != cfg.model.cycle_hours:  # one frame per cycle keeps the key it always had
-        keys.append(frame_hours(cfg))
+    if frame != cfg.model.cycle_hours:  # one frame per cycle keeps the key it always had
+        keys.append(frame)
     return config_hash({"seed": cfg.seed, "model": model_science(cfg.model), "pretrain": keys})
 
 
-def trajectory(out_dir: str | Path) -> str:
-    """Make (or reuse) ``DIR/trajectory.h5``: [B, T, C, H, W] frames ``frame_hours`` apart,
-    T = (length − 1)·cycle_hours/frame_hours + 1 (the same span for any frame spacing)."""
+def trajectory(out_dir: str | Path, frame: float | None = None) -> str:
+    """Make (or reuse) ``DIR/trajectory.h5``: [B, T, C, H, W] frames ``frame`` hours apart (default
+    ``frame_hours(cfg)``), T = (length − 1)·cycle_hours/frame + 1 (the same span for any spacing)."""
     out_dir = Path(out_dir)
     cfg = load_config(out_dir)
-    path, key = out_dir / "trajectory.h5", _trajectory_key(cfg)
+    frame = frame or frame_hours(cfg)
+    path, key = out_dir / "trajectory.h5", _trajectory_key(cfg, frame)
     try:
         read_dataset_file(path, expect_attrs={"key": key})
         return str(path)
@@ -77,7 +78,7 @@ def trajectory(out_dir: str | Path) -> str:
     p, m = cfg.pretrain, cfg.model
     model = make_dynamics(m, device=cfg.device)
     spc = model.steps_per_cycle
-    per_cycle = round(m.cycle_hours / frame_hours(cfg))  # frames per cycle
+    per_cycle = round(m.cycle_hours / frame)  # frames per cycle
     spf = spc // per_cycle  # model steps per frame
     x = model.initial_state(generator(cfg.seed, 0, "pretrain-spinup"), 1).to(cfg.device)
     x = model.step(x, m.spinup_cycles * spc)
@@ -87,7 +88,7 @@ def trajectory(out_dir: str | Path) -> str:
     for _ in range((p.length - 1) * per_cycle):  # a sequence in model time, all trajectories in one batch
         x = model.step(x, spf)
         states.append(x.cpu())
-    attrs = {"key": key, "cycle_hours": m.cycle_hours, "frame_hours": frame_hours(cfg), "model": m.name}
+    attrs = {"key": key, "cycle_hours": m.cycle_hours, "frame_hours": frame, "model": m.name}
     attrs["units"] = m.units
     write_dataset_file(path, {"state": (TRAJ_DIMS, torch.stack(states, 1))}, attrs)
     return str(path)

@@ -88,8 +88,10 @@ def deepspeed_config(stage: int, surrogate, parallel, world_size: int) -> dict:
     else:
         zero |= {
             "stage3_prefetch_bucket_size": bucket,
-            # tensors below 10·D elements (norms, biases) stay whole on every rank, as HF's "auto" does
-            "stage3_param_persistence_threshold": 10 * int(surrogate.embed_dim),
+            # tensors below 10·D elements (norms, biases) stay whole on every rank, as HF's "auto" does;
+            # D: the ViT's embedding width, the score network's widest level
+            "stage3_param_persistence_threshold": 10
+            * int(surrogate.embed_dim if "embed_dim" in surrogate else max(surrogate.hidden)),
             "stage3_max_live_parameters": max(bucket, int(1e9)),
             "stage3_max_reuse_distance": max(bucket, int(1e9)),
             "stage3_gather_16bit_weights_on_model_save": False,

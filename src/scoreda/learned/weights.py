@@ -1,0 +1,104 @@
+"""The consolidated weights file of a score network: what ``workflows/train_score.py`` writes and the
+learned-score filters read. One ``torch.save`` dict (loadable with ``weights_only=True``)::
+
+    {"format": "scoreda-scorenet-1",
+     "scorenet": {ARCH_KEYS → value},          # the architecture and the schedule's η
+     "state_dict": {name: fp32 CPU tensor},    # of the ScoreUNet
+     "mean": Tensor[C], "std": Tensor[C],      # per-channel normalisation of one state
+     "meta": {...}}                            # free-form: steps, loss, seconds, config hash, …
+
+Written atomically; every problem is one ``ValueError`` line that starts with the file's path.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from scoreda.io import atomic_output
+from scoreda.learned.params import ARCH_KEYS, build_scorenet
+from scoreda.learned.schedule import VPCosine
+from scoreda.learned.unet import ScoreUNet
+
+FORMAT = "scoreda-scorenet-1"
+
+
+def arch_of(p) -> dict:
+    """The ``ARCH_KEYS`` of a ``scorenet`` section as plain Python values."""
+    get = p.get if isinstance(p, dict) else lambda k: getattr(p, k)
+    out = {k: get(k) for k in ARCH_KEYS}
+    out["hidden"], out["blocks"] = [int(h) for h in out["hidden"]], [int(b) for b in out["blocks"]]
+    return out
+
+
+def save_scorenet(
+    path: str | os.PathLike, state: dict, scorenet_cfg, mean, std, meta: dict | None = None
+) -> Path:
+    """Write the file atomically; refuse a non-finite weight, mean or std, or std ≤ 0."""
+    path = Path(path)
+    arch = arch_of(scorenet_cfg)
+    sd = {}
+    for name, t in state.items():
+        t = t.detach().to("cpu", torch.float32).contiguous().clone()
+        if not torch.isfinite(t).all():
+            raise ValueError(f"{path}: weight {name} is not finite")
+        sd[name] = t
+    mean, std = torch.as_tensor(mean, dtype=torch.float32), torch.as_tensor(std, dtype=torch.float32)
+    if mean.shape != (arch["channels"],) or std.shape != mean.shape:
+        raise ValueError(
+            f"{path}: mean and std must be [{arch['channels']}], got {list(mean.shape)}, {list(std.shape)}"
+        )
+    if not (torch.isfinite(mean).all() and torch.isfinite(std).all() and (std > 0).all()):
+        raise ValueError(f"{path}: mean and std must be finite, std > 0")
+    blob = {
+        "format": FORMAT,
+        "scorenet": arch,
+        "state_dict": sd,
+        "mean": mean,
+        "std": std,
+        "meta": dict(meta or {}),
+    }
+    with atomic_output(path) as tmp:
+        torch.save(blob, tmp)
+    return path
+
+
+def load_scorenet(
+    path: str | os.PathLike, device: str | torch.device = "cpu"
+) -> tuple[ScoreUNet, VPCosine, torch.Tensor, torch.Tensor, dict]:
+    """``(network in eval mode, its schedule, mean[C], std[C], meta)`` from a weights file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: no such score-network weights file (workflows/train_score.py writes it)")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # garbage, truncated, pickled objects outside the allowed types
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"{path}: not a readable torch weights file ({first})") from None
+    if not isinstance(blob, dict) or blob.get("format") != FORMAT:
+        got = blob.get("format") if isinstance(blob, dict) else type(blob).__name__
+        raise ValueError(f"{path}: format {got!r}, expected {FORMAT!r}")
+    arch = blob.get("scorenet")
+    if not isinstance(arch, dict) or set(arch) != set(ARCH_KEYS):
+        raise ValueError(f"{path}: scorenet must hold exactly the keys {', '.join(ARCH_KEYS)}")
+    try:
+        with torch.device("meta"):
+            net = build_scorenet(arch)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{path}: bad architecture ({e})") from None
+    want, sd = net.state_dict(), blob.get("state_dict")
+    if not isinstance(sd, dict) or set(sd) != set(want):
+        raise ValueError(f"{path}: state_dict does not match the architecture")
+    for name, t in want.items():
+        if tuple(sd[name].shape) != tuple(t.shape) or not torch.isfinite(sd[name]).all():
+            raise ValueError(f"{path}: {name} has the wrong shape or is not finite")
+    net.load_state_dict(sd, strict=True, assign=True)
+    return (
+        net.to(device).eval(),
+        VPCosine(arch["eta"]),
+        blob["mean"].to(device),
+        blob["std"].to(device),
+        blob["meta"],
+    )

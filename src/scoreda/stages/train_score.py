@@ -1,0 +1,178 @@
+"""Training the score network on nature-run trajectories (issue 21; seed 003's training, our trainer).
+
+Three steps, each runnable alone (``python -m scoreda.stages.train_score STEP --out-dir DIR``, the
+directory holding ``config.yaml``, DIR = ``scorenet.out_dir``); ``workflows/train_score.py`` chains them:
+
+- ``trajectory``: the pre-training's nature runs (``pretrain.trajectories`` runs of
+  ``pretrain.length`` cycles, ``scoreda.stages.pretrain.trajectory``) with frames
+  min(``scorenet.every_hours``, one cycle) apart, ``DIR/trajectory.h5``; reused when its hash matches.
+- ``train`` (under a launcher, any ``parallel`` strategy and number of ranks): samples are windows of
+  2k+1 states ``every_hours`` apart (k = ``scorenet.window``) from the first ``trajectories −
+  held_out`` runs, normalised per channel, stacked as (2k+1)·C channels, rolled along x by a random
+  shift when ``scorenet.roll``; ``scorenet.steps`` optimiser steps of the denoising score-matching
+  loss (``DenoisingLoss``) with global batches of ``scorenet.batch_size`` from the (seed, step,
+  "score-batch") stream. Writes ``DIR/weights.pt`` (``scoreda.learned.weights``) and
+  ``DIR/train.json``.
+- ``evaluate``: on the held-out runs, the denoising error E‖ε_θ(x_t, t) − ε‖² / (C·H·W) at
+  t = 0.1, 0.3, 0.5, 0.7, 0.9 beside that of the best Gaussian denoiser, the Wiener filter of the
+  training states' mean power spectrum per channel (a stationary Gaussian prior: what a network
+  must beat to know more than second moments). Writes ``DIR/report.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from scoreda.io import read_dataset_file
+from scoreda.seeding import generator
+from scoreda.stages import pretrain
+from scoreda.stages.common import load_config, write_json
+
+EVAL_TIMES = (0.1, 0.3, 0.5, 0.7, 0.9)
+
+
+def frame_hours(cfg) -> float:
+    """Hours between the trajectory's frames: min(every_hours, one cycle)."""
+    return min(every_hours(cfg), float(cfg.model.cycle_hours))
+
+
+def every_hours(cfg) -> float:
+    """Hours between the states of a training window: ``scorenet.every_hours`` or one cycle."""
+    return float(cfg.scorenet.every_hours or cfg.model.cycle_hours)
+
+
+def trajectory(out_dir: str | Path) -> str:
+    """``DIR/trajectory.h5`` made (or reused) by the pre-training's ``trajectory`` at our frame spacing."""
+    return pretrain.trajectory(out_dir, frame_hours(load_config(out_dir)))
+
+
+def load_windows(out_dir: str | Path, held_out: bool) -> torch.Tensor:
+    """Windows [N, 2k+1, C, H, W] of states ``every_hours`` apart, every start frame, in model units."""
+    cfg = load_config(out_dir)
+    key = pretrain._trajectory_key(cfg, frame_hours(cfg))
+    data, _ = read_dataset_file(Path(out_dir) / "trajectory.h5", expect_attrs={"key": key})
+    s = torch.from_numpy(data["state"])  # [B, T, C, H, W]
+    n_train = cfg.pretrain.trajectories - cfg.pretrain.held_out
+    s = s[n_train:] if held_out else s[:n_train]
+    stride = round(every_hours(cfg) / frame_hours(cfg))
+    span = 2 * cfg.scorenet.window * stride  # frames from a window's first state to its last
+    if s.shape[1] <= span:
+        raise ValueError(f"scorenet.window: windows of {span + 1} frames do not fit in {s.shape[1]}")
+    idx = torch.arange(s.shape[1] - span)[:, None] + stride * torch.arange(2 * cfg.scorenet.window + 1)
+    return s[:, idx].reshape(-1, *idx.shape[1:], *s.shape[2:])
+
+
+def stack(windows: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """[N, 2k+1, C, H, W] → normalised [N, (2k+1)·C, H, W]."""
+    z = (windows - mean[:, None, None]) / std[:, None, None]
+    return z.reshape(z.shape[0], -1, *z.shape[-2:])
+
+
+def train(out_dir: str | Path) -> dict:
+    """Train on this rank's share of each global batch; rank 0 writes weights.pt and train.json."""
+    from scoreda.learned.params import build_scorenet
+    from scoreda.learned.schedule import VPCosine
+    from scoreda.learned.unet import DenoisingLoss
+    from scoreda.learned.weights import save_scorenet
+    from scoreda.surrogate.distributed import discover, init_distributed
+    from scoreda.surrogate.trainer import Trainer
+
+    out_dir = Path(out_dir)
+    cfg = load_config(out_dir)
+    s = cfg.scorenet
+    env = discover()
+    torch.set_num_threads(max(cfg.platform.threads_per_worker, (os.cpu_count() or 1) // env.local_world_size))
+    init_distributed(env, cfg.parallel.backend)
+    W = load_windows(out_dir, held_out=False)
+    mean, std = W.mean(dim=(0, 1, 3, 4)), W.std(dim=(0, 1, 3, 4))
+    X = stack(W, mean, std)
+    del W
+
+    def factory():
+        return DenoisingLoss(build_scorenet(s), VPCosine(s.eta))
+
+    trainer = Trainer(factory, s, cfg.parallel, env, cfg.device, total_steps=s.steps, seed=cfg.seed)
+    per_rank = s.batch_size // env.world_size
+    mine = slice(env.rank * per_rank, (env.rank + 1) * per_rank)
+    zeros = torch.zeros((per_rank, *X.shape[1:]), device=cfg.device)
+    losses, t0 = [], time.perf_counter()
+    for step in range(s.steps):
+        g = generator(cfg.seed, step, "score-batch")
+        idx = torch.randint(len(X), (s.batch_size,), generator=g)[mine]
+        x = X[idx]
+        if s.roll:
+            x = pretrain.roll_x(x, torch.randint(X.shape[-1], (s.batch_size,), generator=g)[mine])
+        losses.append(trainer.step(x.to(cfg.device), zeros))
+        if env.rank == 0 and (step % 100 == 0 or step == s.steps - 1):
+            print(f"step {step:5d}  loss {losses[-1]:.4f}  {time.perf_counter() - t0:7.1f} s", flush=True)
+    seconds = time.perf_counter() - t0
+    state = trainer.full_state_dict()
+    meta = {"steps": len(losses), "seconds": seconds, "final_loss": losses[-1], "parallel": cfg.parallel.name}
+    if env.rank == 0:
+        state = {k.removeprefix("net."): v for k, v in state.items()}
+        save_scorenet(out_dir / "weights.pt", state, s, mean, std, meta)
+        summary = meta | {"ranks": env.world_size, "samples": len(X), "losses": losses}
+        write_json(out_dir / "train.json", summary)
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
+    return meta
+
+
+def wiener_error(
+    x0: torch.Tensor, eps: torch.Tensor, spectrum: torch.Tensor, mu: float, sigma: float
+) -> float:
+    """Denoising error of the Wiener filter ε̂ = F⁻¹[σ/(μ²P + σ²) F x_t] for a stationary Gaussian with
+    power spectrum P [C, H, W] (per grid point variance = mean of P), x_t = μ x₀ + σ ε."""
+    xt = mu * x0 + sigma * eps
+    pred = torch.fft.ifft2(torch.fft.fft2(xt) * sigma / (mu**2 * spectrum + sigma**2)).real
+    return float((pred - eps).square().mean())
+
+
+@torch.no_grad()
+def evaluate(out_dir: str | Path) -> dict:
+    """Held-out denoising errors of the network and of the Wiener filter → report.json."""
+    from scoreda.learned.weights import load_scorenet
+
+    out_dir = Path(out_dir)
+    cfg = load_config(out_dir)
+    torch.set_num_threads(cfg.platform.threads_per_worker)
+    net, schedule, mean, std, _ = load_scorenet(out_dir / "weights.pt")
+    train_x = stack(load_windows(out_dir, held_out=False), mean, std)
+    spectrum = torch.fft.fft2(train_x).abs().square().mean(0) / train_x[0, 0].numel()
+    X = stack(load_windows(out_dir, held_out=True), mean, std)
+    g = generator(cfg.seed, 0, "score-eval")
+    report: dict = {"samples": len(X), "times": list(EVAL_TIMES), "net": [], "wiener": []}
+    t0 = time.perf_counter()
+    for t in EVAL_TIMES:
+        eps = torch.randn(X.shape, generator=g)
+        mu, sigma = (float(v) for v in schedule(torch.tensor(t)))
+        pred = torch.cat([net(b, torch.full((len(b),), t)) for b in (mu * X + sigma * eps).split(64)])
+        report["net"].append(float((pred - eps).square().mean()))
+        report["wiener"].append(wiener_error(X, eps, spectrum, mu, sigma))
+    report["ms_per_state"] = 1e3 * (time.perf_counter() - t0) / (len(X) * len(EVAL_TIMES))
+    report["beats_wiener"] = all(n < w for n, w in zip(report["net"], report["wiener"], strict=True))
+    train_json = out_dir / "train.json"
+    if train_json.is_file():
+        t = json.loads(train_json.read_text())
+        report["train"] = {
+            k: t[k] for k in ("steps", "seconds", "final_loss", "ranks", "parallel", "samples")
+        }
+    write_json(out_dir / "report.json", report)
+    return report
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description="Training the score network, one step.")
+    ap.add_argument("step", choices=("trajectory", "train", "evaluate"))
+    ap.add_argument("--out-dir", required=True, help="directory holding config.yaml")
+    ap.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)  # deepspeed launcher
+    args = ap.parse_args()
+    out = {"trajectory": trajectory, "train": train, "evaluate": evaluate}[args.step](args.out_dir)
+    if isinstance(out, dict):
+        print(json.dumps({k: v for k, v in out.items() if k != "losses"}))
