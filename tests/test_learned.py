@@ -99,13 +99,16 @@ def gaussian_samples(n: int, seed: int) -> torch.Tensor:
 
 @pytest.fixture
 def one_rank(monkeypatch):
-    """A world of one process (gloo), torn down after the test."""
+    """A world of one process (gloo), torn down after the test. The variables ``init_distributed``
+    exports are set here through monkeypatch, so that they are undone afterwards (a RANK left in
+    this process's environment would reach every later test's launchers)."""
     from scoreda.surrogate.distributed import free_port
 
-    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "SLURM_PROCID", "PMI_RANK"):
+    for k in ("SLURM_PROCID", "PMI_RANK", "OMPI_COMM_WORLD_RANK"):
         monkeypatch.delenv(k, raising=False)
-    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
-    monkeypatch.setenv("MASTER_PORT", str(free_port()))
+    world = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1"}
+    for k, v in (world | {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}).items():
+        monkeypatch.setenv(k, v)
     yield
     if dist.is_initialized():
         dist.destroy_process_group()
