@@ -51,6 +51,27 @@ def test_unet_is_periodic_and_shift_equivariant():
         net(torch.randn(1, 2, 18, 32), t[:1])
 
 
+def test_a_conditional_network_takes_the_condition_as_input_channels():
+    """DiffDA's denoiser: ε_θ(x_t, t, c) with the forecast c as extra input channels; DenoisingLoss
+    noises only the first C channels of [x₀, c]."""
+    torch.manual_seed(0)
+    net = ScoreUNet(2, (8, 16), (1, 1), kernel=3, emb=16, condition=2)
+    x, c, t = torch.randn(3, 2, 8, 8), torch.randn(3, 2, 8, 8), torch.rand(3)
+    assert net(x, t, c).shape == x.shape
+    with pytest.raises(ValueError, match="a condition of 2 channels"):
+        net(x, t)
+    with pytest.raises(ValueError, match="a condition of 0 channels"):
+        ScoreUNet(2, (8,), (1,), emb=16)(x, t, c)
+    loss = DenoisingLoss(net, VPCosine())
+    torch.manual_seed(1)
+    out = loss(torch.cat([x, c], dim=1))
+    torch.manual_seed(1)
+    tt = torch.rand(3)
+    eps = torch.randn_like(x)
+    mu, sigma = (v[:, None, None, None] for v in VPCosine()(tt))
+    torch.testing.assert_close(out, net(mu * x + sigma * eps, tt, c) - eps)
+
+
 def test_checkpointing_gives_the_same_gradients():
     torch.manual_seed(0)
     a = ScoreUNet(1, (8, 16), (2, 1), kernel=3, emb=16)

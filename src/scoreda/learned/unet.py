@@ -59,7 +59,8 @@ class Block(nn.Module):
 
 
 class ScoreUNet(nn.Module):
-    """ε_θ(x_t, t): [B, C, H, W], [B] → [B, C, H, W]."""
+    """ε_θ(x_t, t[, c]): [B, C, H, W], [B] (and a condition c [B, ``condition``, H, W], concatenated to
+    x_t at the input: DiffDA's forecast) → [B, C, H, W]."""
 
     def __init__(
         self,
@@ -70,6 +71,7 @@ class ScoreUNet(nn.Module):
         expansion: int = 4,
         emb: int = 64,
         checkpoint: bool = False,
+        condition: int = 0,
     ):
         super().__init__()
         if len(hidden) != len(blocks) or not hidden:
@@ -77,7 +79,8 @@ class ScoreUNet(nn.Module):
         self.levels, self.n_blocks, self.checkpoint = len(hidden), tuple(blocks), checkpoint
         self.embed = nn.Sequential(nn.Linear(emb, emb), nn.SiLU(), nn.Linear(emb, emb))
         self.emb = emb
-        self.inp = nn.Conv2d(channels, hidden[0], 1)
+        self.channels, self.condition = channels, condition
+        self.inp = nn.Conv2d(channels + condition, hidden[0], 1)
         self.out = nn.Conv2d(hidden[0], channels, 1)
         self.down = nn.ModuleList(
             nn.Conv2d(hidden[i], hidden[i + 1], 2, stride=2) for i in range(len(hidden) - 1)
@@ -93,9 +96,13 @@ class ScoreUNet(nn.Module):
             return checkpoint(block, x, e, use_reentrant=False)
         return block(x, e)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         if x.shape[-1] % 2 ** (self.levels - 1) or x.shape[-2] % 2 ** (self.levels - 1):
             raise ValueError(f"grid {tuple(x.shape[-2:])} is not divisible by 2^{self.levels - 1}")
+        if (cond is None) != (self.condition == 0) or (cond is not None and cond.shape[1] != self.condition):
+            raise ValueError(f"the network takes a condition of {self.condition} channels")
+        if cond is not None:
+            x = torch.cat([x, cond.to(x.dtype)], dim=1)
         e = self.embed(time_features(t, self.emb).to(x.dtype))
         h, skips, k = self.inp(x), [], 0
         for level in range(self.levels):
@@ -115,17 +122,19 @@ class DenoisingLoss(nn.Module):
     """The module the trainer fits: forward(x₀) = ε_θ(μ_t x₀ + σ_t ε, t) − ε with t ~ U(0, 1) and
     ε ~ N(0, I) drawn per sample from torch's generator (per rank, saved in the trainer's
     checkpoints), so that the MSE against zeros is the denoising score-matching loss
-    E_t E_ε ‖ε_θ(x_t, t) − ε‖² / (C·H·W)."""
+    E_t E_ε ‖ε_θ(x_t, t) − ε‖² / (C·H·W). A conditional network gets [x₀, c] stacked along the
+    channels (C + ``net.condition``) and only x₀ is noised."""
 
     def __init__(self, net: ScoreUNet, schedule: VPCosine):
         super().__init__()
         self.net, self.schedule = net, schedule
 
     def forward(self, x0: torch.Tensor) -> torch.Tensor:
+        x0, cond = x0[:, : self.net.channels], (x0[:, self.net.channels :] if self.net.condition else None)
         t = torch.rand(x0.shape[0], device=x0.device)
         eps = torch.randn_like(x0)
         mu, sigma = (v.to(x0.dtype)[:, None, None, None] for v in self.schedule(t))
-        return self.net(mu * x0 + sigma * eps, t) - eps
+        return self.net(mu * x0 + sigma * eps, t, cond) - eps
 
 
 def score(net: ScoreUNet, schedule: VPCosine, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
