@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from scoreda.surrogate.params import check_optimiser
 from scoreda.validation import require
 
 #: the keys that define the network (they go into its weights file)
@@ -53,17 +54,7 @@ class ScoreNetParams:
         require(self.kernel % 2 == 1, "scorenet.kernel", f"must be odd, got {self.kernel}")
         require(self.emb % 2 == 0, "scorenet.emb", f"must be even, got {self.emb}")
         require(0 < self.eta < 1, "scorenet.eta", f"must be in (0, 1), got {self.eta}")
-        require(self.lr > 0, "scorenet.lr", f"must be positive, got {self.lr}")
-        require(
-            0 <= self.min_lr <= self.lr, "scorenet.min_lr", f"must be in [0, scorenet.lr], got {self.min_lr}"
-        )
-        require(
-            len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
-            "scorenet.betas",
-            f"expected two numbers in [0, 1), got {list(self.betas)}",
-        )
-        require(self.weight_decay >= 0, "scorenet.weight_decay", f"must be ≥ 0, got {self.weight_decay}")
-        require(self.warmup_steps >= 0, "scorenet.warmup_steps", f"must be ≥ 0, got {self.warmup_steps}")
+        check_optimiser(self, "scorenet")
         ok = self.every_hours is None or self.every_hours > 0
         require(ok, "scorenet.every_hours", f"must be positive or null, got {self.every_hours}")
 

@@ -21,6 +21,7 @@ from scoreda.io import atomic_output
 from scoreda.learned.params import ARCH_KEYS, build_scorenet
 from scoreda.learned.schedule import VPCosine
 from scoreda.learned.unet import ScoreUNet
+from scoreda.surrogate.weights import finite_fp32
 
 FORMAT = "scoreda-scorenet-1"
 
@@ -39,12 +40,7 @@ def save_scorenet(
     """Write the file atomically; refuse a non-finite weight, mean or std, or std ≤ 0."""
     path = Path(path)
     arch = arch_of(scorenet_cfg)
-    sd = {}
-    for name, t in state.items():
-        t = t.detach().to("cpu", torch.float32).contiguous().clone()
-        if not torch.isfinite(t).all():
-            raise ValueError(f"{path}: weight {name} is not finite")
-        sd[name] = t
+    sd = finite_fp32(path, state)
     mean, std = torch.as_tensor(mean, dtype=torch.float32), torch.as_tensor(std, dtype=torch.float32)
     if mean.shape != (arch["channels"],) or std.shape != mean.shape:
         raise ValueError(

@@ -77,6 +77,19 @@ def write_config(run_dir: str | Path, cfg: DictConfig) -> Path:
     return path
 
 
+def steps_main(description: str, steps: dict[str, Callable[[str], object]]) -> None:
+    """``python -m scoreda.stages.<stage> STEP --out-dir DIR``: run one of ``steps`` on DIR (the
+    directory holding config.yaml) and print its dict result as JSON, less the per-step losses."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("step", choices=tuple(steps))
+    ap.add_argument("--out-dir", required=True, help="directory holding config.yaml")
+    ap.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)  # deepspeed launcher
+    args = ap.parse_args()
+    out = steps[args.step](args.out_dir)
+    if isinstance(out, dict):
+        print(json.dumps({k: v for k, v in out.items() if k != "losses"}))
+
+
 def write_json(path: str | Path, obj) -> None:
     """Atomic JSON write (temporary name, fsync, rename)."""
     write_text(path, json.dumps(obj, indent=1, sort_keys=True))

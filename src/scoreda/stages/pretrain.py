@@ -28,7 +28,6 @@ directory holding ``config.yaml``); ``workflows/pretrain.py`` chains them:
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import time
@@ -40,7 +39,7 @@ from omegaconf import OmegaConf
 from scoreda.dynamics import make_dynamics, model_science
 from scoreda.io import config_hash, read_dataset_file, write_dataset_file
 from scoreda.seeding import generator
-from scoreda.stages.common import load_config, write_json
+from scoreda.stages.common import load_config, steps_main, write_json
 
 TRAJ_DIMS = ("trajectory", "time", "level", "y", "x")
 
@@ -246,11 +245,7 @@ def evaluate(out_dir: str | Path) -> dict:
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description="Offline pre-training of the ViT surrogate, one step.")
-    ap.add_argument("step", choices=("trajectory", "train", "evaluate"))
-    ap.add_argument("--out-dir", required=True, help="directory holding config.yaml")
-    ap.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)  # deepspeed launcher
-    args = ap.parse_args()
-    out = {"trajectory": trajectory, "train": train, "evaluate": evaluate}[args.step](args.out_dir)
-    if isinstance(out, dict):
-        print(json.dumps({k: v for k, v in out.items() if k != "losses"}))
+    steps_main(
+        "Offline pre-training of the ViT surrogate, one step.",
+        {"trajectory": trajectory, "train": train, "evaluate": evaluate},
+    )

@@ -21,7 +21,6 @@ directory holding ``config.yaml``, DIR = ``scorenet.out_dir``); ``workflows/trai
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import time
@@ -32,7 +31,7 @@ import torch
 from scoreda.io import read_dataset_file
 from scoreda.seeding import generator
 from scoreda.stages import pretrain
-from scoreda.stages.common import load_config, write_json
+from scoreda.stages.common import load_config, steps_main, write_json
 
 EVAL_TIMES = (0.1, 0.3, 0.5, 0.7, 0.9)
 
@@ -168,11 +167,7 @@ def evaluate(out_dir: str | Path) -> dict:
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description="Training the score network, one step.")
-    ap.add_argument("step", choices=("trajectory", "train", "evaluate"))
-    ap.add_argument("--out-dir", required=True, help="directory holding config.yaml")
-    ap.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)  # deepspeed launcher
-    args = ap.parse_args()
-    out = {"trajectory": trajectory, "train": train, "evaluate": evaluate}[args.step](args.out_dir)
-    if isinstance(out, dict):
-        print(json.dumps({k: v for k, v in out.items() if k != "losses"}))
+    steps_main(
+        "Training the score network, one step.",
+        {"trajectory": trajectory, "train": train, "evaluate": evaluate},
+    )

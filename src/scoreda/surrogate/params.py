@@ -23,6 +23,20 @@ class Forecaster:
         )
 
 
+def check_optimiser(p, section: str) -> None:
+    """The AdamW keys the trainer reads (``lr``, ``min_lr``, ``betas``, ``weight_decay``,
+    ``warmup_steps``), checked in one line naming ``section.key``."""
+    require(p.lr > 0, f"{section}.lr", f"must be positive, got {p.lr}")
+    require(0 <= p.min_lr <= p.lr, f"{section}.min_lr", f"must be in [0, {section}.lr], got {p.min_lr}")
+    require(
+        len(p.betas) == 2 and all(0 <= b < 1 for b in p.betas),
+        f"{section}.betas",
+        f"expected two numbers in [0, 1), got {list(p.betas)}",
+    )
+    require(p.weight_decay >= 0, f"{section}.weight_decay", f"must be ≥ 0, got {p.weight_decay}")
+    require(p.warmup_steps >= 0, f"{section}.warmup_steps", f"must be ≥ 0, got {p.warmup_steps}")
+
+
 @dataclass
 class SurrogateParams:
     """The ViT surrogate (seed 002, Table II; the authors' public code for the extras): architecture,
@@ -86,20 +100,8 @@ class SurrogateParams:
         for key in ("drop_rate", "drop_path"):
             v = getattr(self, key)
             require(0 <= v < 1, f"surrogate.{key}", f"must be in [0, 1), got {v}")
-        for key in ("lr", "finetune_lr"):
-            require(getattr(self, key) > 0, f"surrogate.{key}", f"must be positive, got {getattr(self, key)}")
-        require(
-            0 <= self.min_lr <= self.lr,
-            "surrogate.min_lr",
-            f"must be in [0, surrogate.lr], got {self.min_lr}",
-        )
-        require(
-            len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
-            "surrogate.betas",
-            f"expected two numbers in [0, 1), got {list(self.betas)}",
-        )
-        require(self.weight_decay >= 0, "surrogate.weight_decay", f"must be ≥ 0, got {self.weight_decay}")
-        require(self.warmup_steps >= 0, "surrogate.warmup_steps", f"must be ≥ 0, got {self.warmup_steps}")
+        check_optimiser(self, "surrogate")
+        require(self.finetune_lr > 0, "surrogate.finetune_lr", f"must be positive, got {self.finetune_lr}")
         require(self.lag in (0, 1), "surrogate.lag", f"expected 0 or 1, got {self.lag}")
         require(self.replay >= 1, "surrogate.replay", f"must be ≥ 1, got {self.replay}")
         require(

@@ -72,6 +72,18 @@ def _step_hours(path, value) -> float | None:
     return float(value)
 
 
+def finite_fp32(path: Path, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Contiguous float32 CPU copies of a state dict; ``ValueError`` naming ``path`` and the first
+    weight that is not finite."""
+    out = {}
+    for name, t in state.items():
+        t = t.detach().to("cpu", torch.float32).contiguous().clone()
+        if not torch.isfinite(t).all():
+            raise ValueError(f"{path}: weight {name} is not finite")
+        out[name] = t
+    return out
+
+
 def save_weights(
     path: str | os.PathLike,
     model_or_state_dict: nn.Module | Mapping[str, torch.Tensor],
@@ -90,12 +102,7 @@ def save_weights(
         if isinstance(model_or_state_dict, nn.Module)
         else model_or_state_dict
     )
-    state = {}
-    for name, t in sd.items():
-        t = t.detach().to("cpu", torch.float32).contiguous().clone()
-        if not torch.isfinite(t).all():
-            raise ValueError(f"{path}: weight {name} is not finite")
-        state[name] = t
+    state = finite_fp32(path, sd)
     meta = dict(meta or {})
     _check_meta(path, meta)
     blob = {
