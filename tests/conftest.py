@@ -38,3 +38,29 @@ def tiny(members: int = 4, n_steps: int = 10, *more: str) -> list[str]:
         f"filter.n_steps={n_steps}",
         *more,
     ]
+
+
+@pytest.fixture(scope="session")
+def scorenet_weights(tmp_path_factory) -> Path:
+    """A small score network's weights file for 2-channel states on grids divisible by 2 (``filter=sda``
+    needs one to compose and run; ``workflows/train_score.py`` makes real ones): 200 Adam steps of
+    denoising on white noise, so that it knows roughly the score of N(0, I) and sampling with it is
+    stable (an untrained network's Tweedie estimate is not, and its guided samples diverge)."""
+    import torch
+
+    from scoreda.learned.params import ScoreNetParams, build_scorenet
+    from scoreda.learned.schedule import VPCosine
+    from scoreda.learned.unet import DenoisingLoss
+    from scoreda.learned.weights import save_scorenet
+
+    p = ScoreNetParams(channels=2, hidden=[8, 16], blocks=[1, 1], emb=8)
+    torch.manual_seed(0)
+    net = build_scorenet(p)
+    loss = DenoisingLoss(net, VPCosine(p.eta))
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    for _ in range(200):
+        opt.zero_grad()
+        loss(torch.randn(8, 2, 16, 16)).square().mean().backward()
+        opt.step()
+    path = tmp_path_factory.mktemp("scorenet") / "weights.pt"
+    return save_scorenet(path, net.state_dict(), p, torch.zeros(2), torch.full((2,), 20.0))

@@ -46,6 +46,7 @@ RUN_BY = {  # command (as the README has it, up to its first override) -> the te
     "workflows/cycle.py forecaster=vit": "test_surrogate_cycle.py",
     "scripts/bench_vit.py": "test_bench_vit.py",
     "workflows/train_score.py": "test_learned.py",
+    "workflows/cycle.py experiment=filters_every4 filter=sda": "test_learned.py",  # needs trained weights
     "workflows/scaling.py -m experiment=scaling_vit": "test_platforms.py",
 }
 COVERED_ELSEWHERE = {

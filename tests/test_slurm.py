@@ -114,15 +114,15 @@ def test_sbatch_runs_the_letkf_on_two_ranks_of_tiles(slurm, tmp_path):
 
 
 def test_walltime_stop_resubmits_and_ends_equal_to_an_unbroken_run(slurm, straight, tmp_path):
-    """A 3-minute job where a cycle counts as 155 s (platform.min_cycle_s) starts cycles only in its
-    first ~25 s: fewer than the 24 asked (on an idle 2-core machine 10 small cycles fitted in those
-    25 s, so 10 was not enough; a cycle takes ≈ 2.5 s). It stops with exit 75 and
+    """A 3-minute job where a cycle counts as 160 s (platform.min_cycle_s) starts cycles only in its
+    first ~20 s: fewer than the 16 asked (on an idle 2-core machine 10 small cycles fitted in 25 s;
+    a cycle takes ≈ 2.5 s). It stops with exit 75 and
     resubmits itself (afterany) until the run is complete; the chain ends with the numbers of one
     unbroken job."""
     ref, _ = straight
     run_dir = tmp_path / "run"
-    args = ["--time=3", "slurm/slurm.sbatch", f"run_dir={run_dir}", "cycles=24", *SMALL]
-    first = sbatch(slurm, tmp_path, *args, "platform.stop_margin_s=0", "platform.min_cycle_s=155")
+    args = ["--time=3", "slurm/slurm.sbatch", f"run_dir={run_dir}", "cycles=16", *SMALL]
+    first = sbatch(slurm, tmp_path, *args, "platform.stop_margin_s=0", "platform.min_cycle_s=160")
     wait_for(run_dir / "summary.json", 1200)
     wait_idle(slurm)
     logs = sorted(tmp_path.glob("job-*.out"))

@@ -13,6 +13,13 @@ From t = 1 to 0 in ``steps`` even steps, each a predictor, the exponential integ
 
 then ``corrections`` Langevin corrections at t − Δ, x ← x − δ ε_post/σ + √(2δ) z with
 δ = τ / mean(ε_post²/σ²) per sample (a step τ relative to the score's size). The samples are x₀ [B, ...].
+
+``update`` in place of ``observe`` (``sample(..., update=...)``): the Kalman guidance. Tweedie's
+estimate is moved by a Gaussian update with a diagonal prior variance C_t = κ/(1 + κ), κ = γ (σ_t/μ_t)²,
+per value (exact for a white unit-variance prior at γ = 1), x̂₀ ← update(x̂₀, C_t), and
+ε_post = (x_t − μ_t x̂₀)/σ_t; no gradient of ε_θ (one network evaluation a step instead of a forward
+and a backward pass), and the gain C_t/(C_t + R) ≤ 1 cannot overshoot where ε_θ's Jacobian is poor
+(at t → 1 Tweedie's guidance needs it exact to O(μ_t²)).
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ def posterior_eps(
     observe: Callable[[torch.Tensor], torch.Tensor] | None,
     y: torch.Tensor | None,
     var_y: torch.Tensor | float,
-    gamma: float,
+    gamma: torch.Tensor | float,
 ) -> torch.Tensor:
     """ε_post(x_t, t) [B, ...] for x [B, ...] at the scalar time t; the prior's ε without observations."""
     mu, sigma = schedule(t)
@@ -53,6 +60,22 @@ def posterior_eps(
     return (e - sigma * grad).detach()
 
 
+def kalman_eps(
+    eps: EpsFn,
+    schedule: VPCosine,
+    x: torch.Tensor,
+    t: torch.Tensor,
+    update: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    gamma: float,
+) -> torch.Tensor:
+    """ε_post(x_t, t) of the Kalman guidance (module docstring) for x [B, ...] at the scalar time t."""
+    mu, sigma = schedule(t)
+    e = eps(x, t.expand(x.shape[0]))
+    kappa = gamma * (sigma / mu) ** 2
+    x0 = update((x - sigma * e) / mu, kappa / (1 + kappa))
+    return (x - mu * x0) / sigma
+
+
 @torch.no_grad()
 def sample(
     eps: EpsFn,
@@ -62,25 +85,35 @@ def sample(
     observe: Callable[[torch.Tensor], torch.Tensor] | None = None,
     y: torch.Tensor | None = None,
     var_y: torch.Tensor | float = 1.0,
-    gamma: float = 1e-2,
+    gamma: torch.Tensor | float = 1e-2,
     steps: int = 256,
     corrections: int = 1,
     tau: float = 0.5,
     dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+    update: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """B = shape[0] samples x₀ of p(x₀ | y) (of the prior p(x₀) with ``observe`` None); ``observe`` maps
-    [B, ...] → [B, ...y] and ``y``, ``var_y`` broadcast against its output."""
-    x = torch.randn(shape, generator=generator, dtype=dtype)
+    [B, ...] → [B, ...y] and ``y``, ``var_y`` and ``gamma`` broadcast against its output. The noise is
+    drawn on the CPU ``generator`` and moved to ``device``. ``update(x̂₀, C_t)``: the Kalman guidance
+    instead (``observe`` is then unused; ``gamma`` a float)."""
+
+    def post(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if update is not None:
+            return kalman_eps(eps, schedule, x, t, update, float(gamma))
+        return posterior_eps(eps, schedule, x, t, observe, y, var_y, gamma)
+
+    x = torch.randn(shape, generator=generator, dtype=dtype).to(device)
     times = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
     for t, s in zip(times[:-1], times[1:], strict=True):
         t, s = t.to(dtype), s.to(dtype)
         (mu_t, sig_t), (mu_s, sig_s) = schedule(t), schedule(s)
-        e = posterior_eps(eps, schedule, x, t, observe, y, var_y, gamma)
+        e = post(x, t)
         x = (mu_s / mu_t) * x + (sig_s - (mu_s / mu_t) * sig_t) * e
         for _ in range(corrections):
-            e = posterior_eps(eps, schedule, x, s, observe, y, var_y, gamma)
+            e = post(x, s)
             # δ/σ² per sample, with the score −ε/σ: the step τ σ² / mean(ε²)
             delta = tau / e.square().flatten(1).mean(1).view(-1, *[1] * (e.dim() - 1))
-            z = torch.randn(shape, generator=generator, dtype=dtype)
+            z = torch.randn(shape, generator=generator, dtype=dtype).to(device)
             x = x - delta * sig_s * e + (2 * delta).sqrt() * sig_s * z
     return x
