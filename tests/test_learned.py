@@ -430,3 +430,6 @@ def test_sda_filter_refuses_bad_weights_by_key(tmp_path, scorenet_weights):
 
     with pytest.raises(ValueError, match=r"^filter\.weights: .* takes one state \(scorenet\.window=0\)"):
         SDAFilter.from_config({"name": "sda", "weights": str(windowed)})
+    for key, value in [("background_stride", 0), ("t_max", 1.5), ("guidance", "dps"), ("steps", 0)]:
+        with pytest.raises(ValueError, match=rf"^filter\.{key}: "):
+            SDAFilter(**{key: value})

@@ -7,9 +7,11 @@ steps with ``corrections`` Langevin corrections each, step ``tau``) with
 - p_θ: the learned prior of one state, the score network of ``weights`` (``workflows/train_score.py``;
   one state, ``scorenet.window=0``) on the per-channel normalised state z = (x − m_c) / s_c;
 - the observations y of this cycle through the exact operator h (nonlinear ones by autograd);
-- ``background=mean``: the forecast ensemble's mean x̄_f as a Gaussian observation of every point,
-  with P the (inflated) ensemble variance per point, diagonal. ``background=none`` conditions on y
-  alone (the learned climate as the prior: seed 003's filter over a window of one state).
+- ``background=mean``: the forecast ensemble's mean x̄_f as a Gaussian observation with P the
+  (inflated) ensemble variance per point, diagonal, at every ``background_stride``-th point along
+  y and x (errors correlated over k points are about one independent value per k × k; k = 1: every
+  point). ``background=none`` conditions on y alone (the learned climate as the prior: seed 003's
+  filter over a window of one state).
 
 ``guidance=kalman`` (default): each step moves Tweedie's estimate x̂₀(x_t) by the Gaussian update of
 every grid value with prior variance C_t s_c² (C_t = κ/(1 + κ), κ = γ (σ_t/μ_t)², γ = ``gamma``), one
@@ -53,8 +55,11 @@ class SDAFilter:
 
     weights: str = "runs/scorenet/unet_cpu/weights.pt"  # the score network's weights file
     background: str = "mean"  # mean: the forecast mean as an observation with the ensemble's variance
+    background_stride: int = 2  # the background observes every k-th point along y and x (its errors
+    # are correlated over ~k points; as independent values at every point it would be over-trusted)
     guidance: str = "kalman"  # kalman: a Gaussian update of Tweedie's estimate; tweedie: seed 003's
-    steps: int = 16  # predictor steps from t = 1 to 0
+    steps: int = 16  # predictor steps from t_max to 0
+    t_max: float = 0.9  # where sampling starts from N(0, I): μ_t = 0.034, μ_t² = 0.1 % of the signal
     corrections: int = 1  # Langevin corrections after each predictor step
     tau: float = 0.5  # Langevin step relative to the score's size
     gamma: float = 1.0  # γ: Cov[x₀ | x_t] ≈ γ (σ_t/μ_t)² (normalised units) in the guidance
@@ -72,11 +77,15 @@ class SDAFilter:
             )
         if self.guidance not in GUIDANCE:
             raise ValueError(f"filter.guidance: expected one of {', '.join(GUIDANCE)}, got {self.guidance!r}")
+        if int(self.background_stride) < 1:
+            raise ValueError(f"filter.background_stride: must be ≥ 1, got {self.background_stride}")
         for key in ("steps", "corrections"):
             if int(getattr(self, key)) < (1 if key == "steps" else 0):
                 raise ValueError(
                     f"filter.{key}: must be ≥ {1 if key == 'steps' else 0}, got {getattr(self, key)}"
                 )
+        if not 0 < self.t_max <= 1:
+            raise ValueError(f"filter.t_max: must be in (0, 1], got {self.t_max}")
         for key in ("tau", "gamma"):
             if not getattr(self, key) > 0:
                 raise ValueError(f"filter.{key}: must be positive, got {getattr(self, key)}")
@@ -115,6 +124,15 @@ class SDAFilter:
                     f"{f}; the model's states are {C}×{H}×{W}"
                 )
 
+    def background_points(self, shape: tuple[int, int, int]) -> torch.Tensor:
+        """Flat indices of the values the background observes: every ``background_stride``-th grid
+        point along y (if the grid has rows) and x, every channel."""
+        C, H, W = shape
+        k = int(self.background_stride)
+        rows = torch.arange(H) % k == 0 if H > 1 else torch.ones(H, dtype=torch.bool)
+        keep = rows[:, None] & (torch.arange(W) % k == 0)[None]
+        return keep.expand(C, H, W).reshape(-1).nonzero().squeeze(1)
+
     @property
     def processing(self) -> Processing:
         return Processing.of(self)
@@ -145,10 +163,15 @@ class SDAFilter:
         var = [torch.full_like(y, float(operator.sigma) ** 2)]
         gamma = [self.gamma * s2[operator.indices.to(dev)]]
         targets = [y]
+        bidx = self.background_points(shape).to(dev)
+        bprec = torch.zeros(d, dtype=dt, device=dev)  # 1/P at the background's points, 0 elsewhere
+        bmean = xb.mean(0).to(dt)
         if self.background == "mean":
-            targets.append(xb.mean(0).to(dt))
-            var.append(xb.to(dt).var(0).clamp_min(1e-12 * float(s2.min())))
-            gamma.append(self.gamma * s2)
+            bvar = xb.to(dt).var(0).clamp_min(1e-12 * float(s2.min()))[bidx]
+            bprec[bidx] = 1 / bvar
+            targets.append(bmean[bidx])
+            var.append(bvar)
+            gamma.append(self.gamma * s2[bidx])
 
         def model_units(z: torch.Tensor) -> torch.Tensor:
             return (z * s + m).reshape(z.shape[0], d)
@@ -157,14 +180,13 @@ class SDAFilter:
             """The Gaussian update of every value of x̂₀ (prior variance c s_c²), normalised units."""
             x = model_units(z0)
             score, curv = operator.likelihood_score(x, y), operator.curvature(x)
-            if self.background == "mean":
-                score, curv = score + (targets[1] - x) / var[1], curv + 1 / var[1]
+            score, curv = score + bprec * (bmean - x), curv + bprec
             x = x + score / (1 / (c * s2) + curv)
             return (x.reshape(z0.shape) - m) / s
 
         def observe(z: torch.Tensor) -> torch.Tensor:
             x = model_units(z)
-            return torch.cat([operator(x), x] if self.background == "mean" else [operator(x)], dim=1)
+            return torch.cat([operator(x), x[:, bidx]] if self.background == "mean" else [operator(x)], dim=1)
 
         z = sda.sample(
             lambda x, t: net(x, t),
@@ -181,6 +203,7 @@ class SDAFilter:
             dtype=dt,
             device=dev,
             update=update if self.guidance == "kalman" else None,
+            t_max=float(self.t_max),
         )
         if not torch.isfinite(z).all():
             raise FloatingPointError(

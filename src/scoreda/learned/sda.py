@@ -92,6 +92,7 @@ def sample(
     dtype: torch.dtype = torch.float32,
     device: torch.device | str | None = None,
     update: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    t_max: float = 1.0,
 ) -> torch.Tensor:
     """B = shape[0] samples x₀ of p(x₀ | y) (of the prior p(x₀) with ``observe`` None); ``observe`` maps
     [B, ...] → [B, ...y] and ``y``, ``var_y`` and ``gamma`` broadcast against its output. The noise is
@@ -104,7 +105,7 @@ def sample(
         return posterior_eps(eps, schedule, x, t, observe, y, var_y, gamma)
 
     x = torch.randn(shape, generator=generator, dtype=dtype).to(device)
-    times = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
+    times = torch.linspace(float(t_max), 0.0, steps + 1, dtype=torch.float64)
     for t, s in zip(times[:-1], times[1:], strict=True):
         t, s = t.to(dtype), s.to(dtype)
         (mu_t, sig_t), (mu_s, sig_s) = schedule(t), schedule(s)
