@@ -353,7 +353,7 @@ def test_sda_filter_samples_the_gaussian_posterior_of_prior_background_and_obser
     sign = torch.ones(M, 1, dtype=torch.float64)
     sign[M // 2 :] = -1
     members = xf + (p * (M - 1) / M) ** 0.5 * sign  # mean xf, variance (ddof 1) p at every point
-    f = SDAFilter(guidance=guidance, gamma=gamma, steps=256, shape=(1, N, N))
+    f = SDAFilter(guidance=guidance, gamma=gamma, steps=256, background_stride=1, shape=(1, N, N))
     f.network = (ExactGaussianEps(schedule), schedule, torch.tensor([m0]), torch.tensor([s0]))
     out = f.analyse(members.float(), y.float(), op, torch.Generator().manual_seed(1)).ensemble.double()
     z = (out.mean(0) - mean) / (P.diag() / M).sqrt()
