@@ -163,7 +163,11 @@ class SDAFilter:
         var = [torch.full_like(y, float(operator.sigma) ** 2)]
         gamma = [self.gamma * s2[operator.indices.to(dev)]]
         targets = [y]
-        bidx = self.background_points(shape).to(dev)
+        bidx = (
+            self.background_points(shape).to(dev)
+            if self.background == "mean"
+            else torch.zeros(0, dtype=torch.long, device=dev)
+        )
         bprec = torch.zeros(d, dtype=dt, device=dev)  # 1/P at the background's points, 0 elsewhere
         bmean = xb.mean(0).to(dt)
         if self.background == "mean":
@@ -186,10 +190,10 @@ class SDAFilter:
 
         def observe(z: torch.Tensor) -> torch.Tensor:
             x = model_units(z)
-            return torch.cat([operator(x), x[:, bidx]] if self.background == "mean" else [operator(x)], dim=1)
+            return torch.cat([operator(x), x[:, bidx]], dim=1)  # no background: bidx is empty
 
         z = sda.sample(
-            lambda x, t: net(x, t),
+            net,
             schedule,
             (M, *shape),
             generator if generator is not None else torch.Generator().manual_seed(0),
