@@ -40,12 +40,11 @@ def tiny(members: int = 4, n_steps: int = 10, *more: str) -> list[str]:
     ]
 
 
-@pytest.fixture(scope="session")
-def scorenet_weights(tmp_path_factory) -> Path:
-    """A small score network's weights file for 2-channel states on grids divisible by 2 (``filter=sda``
-    needs one to compose and run; ``workflows/train_score.py`` makes real ones): 200 Adam steps of
-    denoising on white noise, so that it knows roughly the score of N(0, I) and sampling with it is
-    stable (an untrained network's Tweedie estimate is not, and its guided samples diverge)."""
+def _tiny_scorenet(tmp_path_factory, condition: bool) -> Path:
+    """A small score network's weights file for 2-channel states on grids divisible by 2: 200 Adam steps
+    of denoising on white noise (with ``condition``: of white noise r given a white-noise forecast f),
+    so that it knows roughly the score of N(0, I) and sampling with it is stable (an untrained
+    network's Tweedie estimate is not, and its guided samples diverge)."""
     import torch
 
     from scoreda.learned.params import ScoreNetParams, build_scorenet
@@ -53,14 +52,36 @@ def scorenet_weights(tmp_path_factory) -> Path:
     from scoreda.learned.unet import DenoisingLoss
     from scoreda.learned.weights import save_scorenet
 
-    p = ScoreNetParams(channels=2, hidden=[8, 16], blocks=[1, 1], emb=8)
+    p = ScoreNetParams(channels=2, hidden=[8, 16], blocks=[1, 1], emb=8, condition=condition)
     torch.manual_seed(0)
     net = build_scorenet(p)
     loss = DenoisingLoss(net, VPCosine(p.eta))
     opt = torch.optim.Adam(net.parameters(), lr=3e-3)
     for _ in range(200):
         opt.zero_grad()
-        loss(torch.randn(8, 2, 16, 16)).square().mean().backward()
+        loss(torch.randn(8, 4 if condition else 2, 16, 16)).square().mean().backward()
         opt.step()
-    path = tmp_path_factory.mktemp("scorenet") / "weights.pt"
-    return save_scorenet(path, net.state_dict(), p, torch.zeros(2), torch.full((2,), 20.0))
+    path = tmp_path_factory.mktemp("diffda" if condition else "scorenet") / "weights.pt"
+    moments = (torch.zeros(2), torch.full((2,), 20.0))
+    if condition:  # errors of std 2 around forecasts of std 20 (model units)
+        return save_scorenet(path, net.state_dict(), p, torch.zeros(2), torch.full((2,), 2.0), None, moments)
+    return save_scorenet(path, net.state_dict(), p, *moments)
+
+
+@pytest.fixture(scope="session")
+def scorenet_weights(tmp_path_factory) -> Path:
+    """A tiny prior network (``filter=sda`` needs one to compose and run; ``workflows/train_score.py``
+    makes real ones)."""
+    return _tiny_scorenet(tmp_path_factory, condition=False)
+
+
+@pytest.fixture(scope="session")
+def diffda_weights(tmp_path_factory) -> Path:
+    """A tiny conditional network (``filter=diffda``'s)."""
+    return _tiny_scorenet(tmp_path_factory, condition=True)
+
+
+@pytest.fixture(scope="session")
+def weights_overrides(scorenet_weights, diffda_weights) -> dict[str, list[str]]:
+    """What a filter that reads a network needs to compose: filter name → [``filter.weights=…``]."""
+    return {"sda": [f"filter.weights={scorenet_weights}"], "diffda": [f"filter.weights={diffda_weights}"]}

@@ -33,10 +33,10 @@ def test_config_tree_has_the_expected_groups():
 
 
 @pytest.mark.parametrize(("group", "option"), _options(), ids=[f"{g}={o}" for g, o in _options()])
-def test_every_config_composes_and_validates(group, option, tmp_path, scorenet_weights):
+def test_every_config_composes_and_validates(group, option, tmp_path, weights_overrides):
     extra = []
-    if (group, option) == ("filter", "sda"):  # needs a score network's weights
-        extra = [f"filter.weights={scorenet_weights}"]
+    if group == "filter" and option in weights_overrides:  # needs a network's weights
+        extra = weights_overrides[option]
     if (group, option) == ("forecaster", "vit") or (group == "arm" and option.startswith("vit")):
         # needs weights; any existing file passes validation
         (tmp_path / "w.pt").touch()

@@ -17,24 +17,24 @@ from scoreda.registry import FILTERS
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
-def _cfg(name: str, scorenet_weights: Path):
-    """``filter=<name>`` on a 16² SQG grid (``sda`` given a small score network's weights)."""
-    extra = [f"filter.weights={scorenet_weights}"] if name == "sda" else []
+def _cfg(name: str, weights_overrides: dict):
+    """``filter=<name>`` on a 16² SQG grid (``sda``, ``diffda`` given a small network's weights)."""
+    extra = weights_overrides.get(name, [])
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
         return validate(compose("config", overrides=[f"filter={name}", "model.N=16", *extra]))
 
 
 @pytest.mark.parametrize("name", sorted(registry()))
-def test_the_class_is_the_config(name, scorenet_weights):
+def test_the_class_is_the_config(name, weights_overrides):
     """configs/filter/<name>.yaml composes to the launch keys plus exactly the class's config fields,
     each at the class's default (the file sets nothing else; sda's ``weights`` names the same file as
-    the default through ``scorenet.out_dir``, and is overridden here)."""
+    the default through ``scorenet.out_dir``, diffda's the default preset's; both overridden here)."""
     cls = registry()[name]
     assert (CONFIGS / "filter" / f"{name}.yaml").is_file()
-    cfg = _cfg(name, scorenet_weights).filter
+    cfg = _cfg(name, weights_overrides).filter
     fields = {f.name: f.default for f in config_fields(cls)}
-    if name == "sda":
-        fields["weights"] = str(scorenet_weights)
+    if name in weights_overrides:
+        fields["weights"] = weights_overrides[name][0].removeprefix("filter.weights=")
     assert set(cfg) == set(LAUNCH_KEYS) | set(fields)
     assert all(default is not MISSING for default in fields.values()), "every key has a default"
     assert {k: cfg[k] for k in fields} == fields
@@ -42,8 +42,8 @@ def test_the_class_is_the_config(name, scorenet_weights):
 
 
 @pytest.mark.parametrize("name", sorted(registry()))
-def test_each_filter_analyses_through_the_protocol(name, scorenet_weights):
-    cfg = _cfg(name, scorenet_weights)
+def test_each_filter_analyses_through_the_protocol(name, weights_overrides):
+    cfg = _cfg(name, weights_overrides)
     filt = make_filter(cfg.filter, model_grid(cfg.model))
     assert isinstance(filt.capabilities, Capabilities)
     g = torch.Generator().manual_seed(0)

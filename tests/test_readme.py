@@ -45,8 +45,10 @@ RUN_BY = {  # command (as the README has it, up to its first override) -> the te
     "workflows/pretrain.py parallel=zero2 parallel.ranks=2": "test_surrogate_cycle.py",
     "workflows/cycle.py forecaster=vit": "test_surrogate_cycle.py",
     "scripts/bench_vit.py": "test_bench_vit.py",
+    "workflows/train_score.py scorenet=diffda_cpu": "test_diffda.py",
     "workflows/train_score.py": "test_learned.py",
     "workflows/cycle.py experiment=filters_every4 filter=sda": "test_learned.py",  # needs trained weights
+    "workflows/cycle.py experiment=filters_every4 filter=diffda": "test_diffda.py",  # the same
     "workflows/scaling.py -m experiment=scaling_vit": "test_platforms.py",
 }
 COVERED_ELSEWHERE = {

@@ -2,9 +2,11 @@
 
     python workflows/train_score.py                                    # scorenet=unet_cpu, 1 rank
     python workflows/train_score.py parallel=zero2 parallel.ranks=2    # DeepSpeed ZeRO-2 on 2 ranks
+    python workflows/train_score.py scorenet=diffda_cpu                # DiffDA's conditional network
 
 trajectory (the pre-training's nature runs at the score network's frame spacing; reused when they
-exist) → train (``parallel.ranks`` processes started by ``parallel.launcher``; output in
+exist) → pairs (a conditional network's forecasts from perturbed states, ``scorenet.condition``:
+``scorenet=diffda_cpu``) → train (``parallel.ranks`` processes started by ``parallel.launcher``; output in
 ``DIR/logs/train.{out,err}``) → evaluate (held-out denoising error against the Wiener filter of the
 training spectrum). DIR is ``scorenet.out_dir`` (``runs/scorenet/<preset>``); its ``weights.pt`` is
 what the learned-score filters read.
@@ -65,8 +67,9 @@ def run(cfg: DictConfig) -> dict:
     print(f"  {command}\n  log: {logs}/train.out")
     with parsl.load(parsl_config(cfg, str(out_dir))):
         traj = step_app("trajectory", str(out_dir))
+        data = step_app("pairs", str(out_dir), inputs=[traj]) if cfg.scorenet.condition else traj
         log = dict(stdout=str(logs / "train.out"), stderr=str(logs / "train.err"))
-        trained = train_app(command, inputs=[traj], **log)
+        trained = train_app(command, inputs=[data], **log)
         report = step_app("evaluate", str(out_dir), inputs=[trained]).result()
     parsl.clear()
     _print(cfg, out_dir, report)

@@ -9,12 +9,13 @@ from scoreda.surrogate.params import check_optimiser
 from scoreda.validation import require
 
 #: the keys that define the network (they go into its weights file)
-ARCH_KEYS = ("channels", "window", "hidden", "blocks", "kernel", "expansion", "emb", "eta")
+ARCH_KEYS = ("channels", "window", "hidden", "blocks", "kernel", "expansion", "emb", "eta", "condition")
 
 
 @dataclass
 class ScoreNetParams:
-    """ε_θ(x_t, t) on states [C, H, W] (a window of 2k+1 states stacked as (2k+1)·C channels)."""
+    """ε_θ(x_t, t) on states [C, H, W] (a window of 2k+1 states stacked as (2k+1)·C channels), or with
+    ``condition``, DiffDA's ε_θ(r_t, t | f): r = x − f the forecast's error, f the forecast [C, H, W]."""
 
     name: str = "unet_cpu"
     channels: int = 2  # C: levels or channels of one state
@@ -26,6 +27,9 @@ class ScoreNetParams:
     emb: int = 64  # width of the time embedding
     eta: float = 1e-3  # the VP cosine schedule's η: μ_1 = η, σ_0 = η
     checkpoint: bool = False  # gradient checkpointing of the residual blocks
+    condition: bool = False  # DiffDA: the network sees a 12-h forecast f and denoises the error x − f
+    init_error: list[float] = field(default_factory=lambda: [0.05, 0.8])  # condition: the forecasts
+    # start from the truth + a·(s_j − s_k)/√2, a ~ U(init_error) (s: training states)
     # training (workflows/train_score.py, on the pre-training's nature-run trajectories)
     out_dir: str = "runs/scorenet/unet_cpu"  # trajectory.h5, weights.pt, train.json, report.json
     every_hours: float | None = None  # hours between training states (null: one cycle)
@@ -44,6 +48,14 @@ class ScoreNetParams:
         for key in ("channels", "kernel", "expansion", "emb", "steps", "batch_size", "grad_accum"):
             require(getattr(self, key) >= 1, f"scorenet.{key}", f"must be ≥ 1, got {getattr(self, key)}")
         require(self.window >= 0, "scorenet.window", f"must be ≥ 0, got {self.window}")
+        require(
+            not (self.condition and self.window),
+            "scorenet.condition",
+            f"a conditional network takes one state (scorenet.window=0), got window={self.window}",
+        )
+        lo_hi = [float(a) for a in self.init_error]
+        ok = len(lo_hi) == 2 and 0 <= lo_hi[0] <= lo_hi[1]
+        require(ok, "scorenet.init_error", f"must be [lo, hi] with 0 ≤ lo ≤ hi, got {list(self.init_error)}")
         require(
             len(self.hidden) == len(self.blocks) >= 1,
             "scorenet.blocks",
@@ -84,7 +96,8 @@ class ScoreNetParams:
 
 
 def build_scorenet(p):
-    """The ``ScoreUNet`` of a ``scorenet`` section (or a dict of its ``ARCH_KEYS`` plus ``checkpoint``)."""
+    """The ``ScoreUNet`` of a ``scorenet`` section (or a dict of its ``ARCH_KEYS`` plus ``checkpoint``);
+    with ``condition`` it takes the forecast's C channels as a condition."""
     from scoreda.learned.unet import ScoreUNet
 
     get = p.get if isinstance(p, dict) else lambda k, d=None: getattr(p, k, d)
@@ -96,4 +109,5 @@ def build_scorenet(p):
         int(get("expansion")),
         int(get("emb")),
         bool(get("checkpoint", False)),
+        int(get("channels")) if get("condition", False) else 0,
     )

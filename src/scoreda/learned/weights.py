@@ -5,6 +5,8 @@ learned-score filters read. One ``torch.save`` dict (loadable with ``weights_onl
      "scorenet": {ARCH_KEYS → value},          # the architecture and the schedule's η
      "state_dict": {name: fp32 CPU tensor},    # of the ScoreUNet
      "mean": Tensor[C], "std": Tensor[C],      # per-channel normalisation of one state
+     "condition_mean": Tensor[C], "condition_std": Tensor[C],   # a conditional network's (DiffDA):
+                                               # mean, std of the forecast (then mean, std: its error's)
      "meta": {...}}                            # free-form: steps, loss, seconds, config hash, …
 
 Written atomically; every problem is one ``ValueError`` line that starts with the file's path.
@@ -34,28 +36,37 @@ def arch_of(p) -> dict:
     return out
 
 
+def _moments(path: Path, C: int, mean, std, what: str = "mean and std") -> tuple[torch.Tensor, torch.Tensor]:
+    mean, std = torch.as_tensor(mean, dtype=torch.float32), torch.as_tensor(std, dtype=torch.float32)
+    if mean.shape != (C,) or std.shape != mean.shape:
+        raise ValueError(f"{path}: {what} must be [{C}], got {list(mean.shape)}, {list(std.shape)}")
+    if not (torch.isfinite(mean).all() and torch.isfinite(std).all() and (std > 0).all()):
+        raise ValueError(f"{path}: {what} must be finite, std > 0")
+    return mean, std
+
+
 def save_scorenet(
-    path: str | os.PathLike, state: dict, scorenet_cfg, mean, std, meta: dict | None = None
+    path: str | os.PathLike,
+    state: dict,
+    scorenet_cfg,
+    mean,
+    std,
+    meta: dict | None = None,
+    condition: tuple | None = None,
 ) -> Path:
-    """Write the file atomically; refuse a non-finite weight, mean or std, or std ≤ 0."""
+    """Write the file atomically; refuse a non-finite weight, mean or std, or std ≤ 0. ``condition``:
+    (mean, std) of a conditional network's forecast channels."""
     path = Path(path)
     arch = arch_of(scorenet_cfg)
     sd = finite_fp32(path, state)
-    mean, std = torch.as_tensor(mean, dtype=torch.float32), torch.as_tensor(std, dtype=torch.float32)
-    if mean.shape != (arch["channels"],) or std.shape != mean.shape:
-        raise ValueError(
-            f"{path}: mean and std must be [{arch['channels']}], got {list(mean.shape)}, {list(std.shape)}"
-        )
-    if not (torch.isfinite(mean).all() and torch.isfinite(std).all() and (std > 0).all()):
-        raise ValueError(f"{path}: mean and std must be finite, std > 0")
-    blob = {
-        "format": FORMAT,
-        "scorenet": arch,
-        "state_dict": sd,
-        "mean": mean,
-        "std": std,
-        "meta": dict(meta or {}),
-    }
+    mean, std = _moments(path, arch["channels"], mean, std)
+    blob = {"format": FORMAT, "scorenet": arch, "state_dict": sd, "mean": mean, "std": std}
+    if bool(arch["condition"]) != (condition is not None):
+        raise ValueError(f"{path}: a conditional network needs the condition's mean and std, and only it")
+    if condition is not None:
+        cm, cs = _moments(path, arch["channels"], *condition, "condition_mean and condition_std")
+        blob |= {"condition_mean": cm, "condition_std": cs}
+    blob["meta"] = dict(meta or {})
     with atomic_output(path) as tmp:
         torch.save(blob, tmp)
     return path
@@ -64,7 +75,8 @@ def save_scorenet(
 def load_scorenet(
     path: str | os.PathLike, device: str | torch.device = "cpu"
 ) -> tuple[ScoreUNet, VPCosine, torch.Tensor, torch.Tensor, dict]:
-    """``(network in eval mode, its schedule, mean[C], std[C], meta)`` from a weights file."""
+    """``(network in eval mode, its schedule, mean[C], std[C], meta)`` from a weights file; a conditional
+    network's forecast normalisation is ``meta["condition_mean"]``, ``meta["condition_std"]``."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{path}: no such score-network weights file (workflows/train_score.py writes it)")
@@ -91,10 +103,15 @@ def load_scorenet(
         if tuple(sd[name].shape) != tuple(t.shape) or not torch.isfinite(sd[name]).all():
             raise ValueError(f"{path}: {name} has the wrong shape or is not finite")
     net.load_state_dict(sd, strict=True, assign=True)
+    meta = dict(blob["meta"])
+    if arch["condition"]:
+        if not all(isinstance(blob.get(k), torch.Tensor) for k in ("condition_mean", "condition_std")):
+            raise ValueError(f"{path}: a conditional network without condition_mean and condition_std")
+        meta |= {k: blob[k].to(device) for k in ("condition_mean", "condition_std")}
     return (
         net.to(device).eval(),
         VPCosine(arch["eta"]),
         blob["mean"].to(device),
         blob["std"].to(device),
-        blob["meta"],
+        meta,
     )

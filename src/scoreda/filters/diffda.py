@@ -1,0 +1,163 @@
+"""DiffDA as a filter in the cycle (``filter=diffda``; seed 004): each member's analysis is a sample of
+the learned distribution of the truth given that member's forecast, with the observations imposed by
+inpainting.
+
+x_m^a = f_m + r_m,   r_m ~ p_θ(r | f_m) with r fixed at the observed points to y_m − f_m[obs]
+
+- p_θ: the conditional network of ``weights`` (``workflows/train_score.py scorenet=diffda_cpu``),
+  trained on 12-h forecasts of perturbed nature-run states against the truth; r and f each
+  normalised per channel as in training;
+- y_m = y + σo ε_m: perturbed observations, one draw per member (``perturb``; false: y for all);
+- the observations enter through ``learned.diffda.sample``: RePaint with the mask enlarged by
+  interpolation over a Gaussian of ``mask_radius`` grid lengths (0: the observed points alone),
+  ``steps`` steps from ``t_max``, stochasticity ``eta``, ``resample`` RePaint repeats a step.
+
+Observations must be values of the state (``observation.transform=linear``): inpainting writes them
+into the field. All members are one batch; the noise comes from the cycle's generator, so a rerun is
+bit for bit the same. Around it, ``filters.processing``: ``inflation`` and ``adaptive_inflation`` on
+the forecast before (the members' forecasts are the condition), ``rtps`` toward the forecast spread
+after. Cost: steps × resample evaluations of ε_θ on [M, 2C, H, W]. One rank.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, ClassVar
+
+import torch
+
+from scoreda.filters import CONSTRUCTED, Analysis, Capabilities, check_common, config_keys
+from scoreda.filters.processing import Processing
+from scoreda.learned import diffda
+from scoreda.observations import ObservationOperator
+
+if TYPE_CHECKING:
+    from scoreda.dynamics.grid import Grid
+
+
+@dataclass
+class DiffDAFilter:
+    """``filter=diffda`` (module docstring). ``network``: (ε_θ, schedule, (mean, std) of r, (mean, std)
+    of f) from ``weights``, or set directly (tests); ``shape``: the model's (C, H, W)."""
+
+    capabilities: ClassVar[Capabilities] = Capabilities(nonlinear_operators=False)
+
+    weights: str = "runs/scorenet/diffda_cpu/weights.pt"  # the conditional network's weights file
+    steps: int = 32  # reverse steps from t_max to 0
+    t_max: float = 0.9  # where sampling starts from N(0, I) (μ_t = 0.034; from t = 1 the first step
+    # multiplies the network's error by μ_s/μ_t, filter=sda's finding)
+    eta: float = 1.0  # DDIM stochasticity: 1 ancestral, 0 deterministic
+    resample: int = 1  # RePaint: network calls per step (1: no resampling)
+    mask_radius: float = 1.0  # the soft mask's Gaussian, grid lengths (0: observed points only)
+    perturb: bool = True  # each member sees y + σo ε_m
+    inflation: float = 1.0  # multiplicative, on the forecast anomalies
+    adaptive_inflation: bool = False  # × innovation_inflation(prior, y) (≥ 1), after ``inflation``
+    rtps: float = 0.0  # relaxation of the analysis spread to the forecast spread (1 = fully)
+    shape: tuple[int, int, int] | None = field(default=None, metadata=CONSTRUCTED)
+    network: tuple | None = field(default=None, metadata=CONSTRUCTED)
+
+    def __post_init__(self) -> None:
+        check_common(self)
+        for key in ("steps", "resample"):
+            if int(getattr(self, key)) < 1:
+                raise ValueError(f"filter.{key}: must be ≥ 1, got {getattr(self, key)}")
+        if not 0 < self.t_max <= 1:
+            raise ValueError(f"filter.t_max: must be in (0, 1], got {self.t_max}")
+        if not 0 <= self.eta <= 1:
+            raise ValueError(f"filter.eta: must be in [0, 1], got {self.eta}")
+        if not self.mask_radius >= 0:
+            raise ValueError(f"filter.mask_radius: must be ≥ 0, got {self.mask_radius}")
+
+    @classmethod
+    def from_config(cls, filter_cfg, grid: Grid | None = None) -> DiffDAFilter:
+        """Keys of ``filter_cfg``; the network from ``weights`` (a one-line error naming
+        ``filter.weights`` when it is missing, unreadable, unconditional or not of the model's grid)."""
+        from scoreda.learned.weights import load_scorenet
+
+        f = cls(**config_keys(cls, filter_cfg))
+        f.shape = tuple(grid.shape) if grid is not None else None
+        try:
+            net, schedule, mean, std, meta = load_scorenet(f.weights)
+        except ValueError as e:
+            raise ValueError(f"filter.weights: {e}") from None
+        if not net.condition:
+            raise ValueError(
+                f"filter.weights: {f.weights} is not a conditional network; filter=diffda takes one "
+                "trained with scorenet.condition=true (scorenet=diffda_cpu)"
+            )
+        f.network = (net, schedule, (mean, std), (meta["condition_mean"], meta["condition_std"]))
+        if f.shape is not None:
+            C, H, W = f.shape
+            k = 2 ** (net.levels - 1)
+            if net.channels != C or H % k or W % k:
+                raise ValueError(
+                    f"filter.weights: {f.weights} takes {net.channels} channels on grids divisible by "
+                    f"{k}; the model's states are {C}×{H}×{W}"
+                )
+        return f
+
+    @property
+    def processing(self) -> Processing:
+        return Processing.of(self)
+
+    @torch.no_grad()
+    def analyse(
+        self,
+        prior: torch.Tensor,
+        y: torch.Tensor,
+        operator: ObservationOperator,
+        generator: torch.Generator | None = None,
+    ) -> Analysis:
+        """Analysis ensemble [M, d] of the forecast [M, d]; diagnostics ``inflation``."""
+        if not operator.linear:
+            raise ValueError(
+                "filter=diffda: observations must be state values (observation.transform=linear)"
+            )
+        g = generator if generator is not None else torch.Generator().manual_seed(0)
+        processing = self.processing
+        xb, inflation = processing.before(prior, y, operator)
+        M, d = xb.shape
+        net, schedule, (rm, rs), (fm, fs) = self.network
+        shape = self.shape or (net.channels, 1, d // net.channels)
+        if math.prod(shape) != d:
+            raise ValueError(f"filter: a state of {d} values does not fit the grid {shape}")
+        dev, dt = xb.device, torch.float32
+        C = shape[0]
+
+        def norm(v: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+            return (v.to(dt).reshape(M, *shape) - mean.to(dev, dt).view(1, C, 1, 1)) / std.to(dev, dt).view(
+                1, C, 1, 1
+            )
+
+        idx = operator.indices.to(dev)
+        y = y.to(dev, dt)
+        if self.perturb:
+            y = y + float(operator.sigma) * torch.randn((M, y.numel()), generator=g, dtype=dt).to(dev)
+        innovation = torch.zeros((M, d), dtype=dt, device=dev)
+        innovation[:, idx] = y - xb.to(dt)[:, idx]  # r at the observed values
+        mask = torch.zeros(d, dtype=dt, device=dev)
+        mask[idx] = 1
+        known, weight = diffda.inpainting_targets(
+            norm(innovation, rm, rs), mask.reshape(shape), float(self.mask_radius)
+        )
+        r = diffda.sample(
+            net.to(dev),
+            schedule,
+            norm(xb, fm, fs),
+            known,
+            weight,
+            g,
+            steps=int(self.steps),
+            t_max=float(self.t_max),
+            eta=float(self.eta),
+            resample=int(self.resample),
+        )
+        if not torch.isfinite(r).all():
+            raise FloatingPointError(f"filter=diffda: the sampler diverged ({self.steps} steps)")
+        r = r * rs.to(dev, dt).view(1, C, 1, 1) + rm.to(dev, dt).view(1, C, 1, 1)
+        post = (xb.to(dt) + r.reshape(M, d)).to(prior.dtype)
+        return Analysis(processing.after(post, xb, operator), {"inflation": inflation})
+
+
+REGISTER = {"diffda": DiffDAFilter}

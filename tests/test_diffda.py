@@ -1,0 +1,184 @@
+"""DiffDA (issue 21, seed 004): the conditional network's weights, the soft inpainting mask, RePaint's
+hold on the observations, ``filter=diffda`` in the cycle, and training the network from its pairs."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from scoreda.filters.diffda import DiffDAFilter
+from scoreda.io import read_dataset_file, read_state
+from scoreda.learned.diffda import inpainting_targets, soft_mask
+from scoreda.learned.params import ScoreNetParams, build_scorenet
+from scoreda.learned.weights import load_scorenet, save_scorenet
+from scoreda.observations import PointObservation
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
+
+
+def test_soft_mask_interpolates_around_the_observations():
+    """At observed points the known value is the observation and w = 1; between them the normalised
+    Gaussian average of the neighbours with w = exp(−r²/2ρ²) near one point; radius 0: the points."""
+    mask = torch.zeros(1, 8, 8)
+    mask[0, ::4, ::4] = 1
+    values = torch.zeros(1, 1, 8, 8)
+    values[0, 0, 0, 0], values[0, 0, 0, 4] = 1.0, 3.0
+    known, w = inpainting_targets(values, mask, 1.0)
+    assert known[0, 0, 0, 0] == 1 and known[0, 0, 0, 4] == 3 and (w[0, 0, ::4, ::4] == 1).all()
+    assert torch.isclose(known[0, 0, 0, 2], torch.tensor(2.0), atol=1e-3)  # halfway: the mean
+    near = math.exp(-0.5) + math.exp(-4.5)  # one point from (0, 0), three from (4, 0)
+    assert torch.isclose(w[0, 0, 1, 0], torch.tensor(near), atol=1e-3)
+    full = soft_mask(torch.ones(5, 6), 1.5)  # a constant field stays constant (periodic), ≥ G(0) = 1
+    assert torch.allclose(full, full[0, 0].expand_as(full)) and full[0, 0] > 1
+    hard_known, hard_w = inpainting_targets(values, mask, 0.0)
+    assert torch.equal(hard_w[0], mask) and torch.equal(hard_known * mask, values * mask)
+
+
+def test_conditional_weights_carry_the_forecast_normalisation(tmp_path):
+    p = ScoreNetParams(channels=2, hidden=[8], blocks=[1], emb=8, condition=True)
+    state = build_scorenet(p).state_dict()
+    with pytest.raises(ValueError, match=r"w\.pt: a conditional network needs the condition's mean and std"):
+        save_scorenet(tmp_path / "w.pt", state, p, torch.zeros(2), torch.ones(2))
+    path = save_scorenet(
+        tmp_path / "w.pt", state, p, torch.zeros(2), torch.ones(2), None, (torch.ones(2), 3 * torch.ones(2))
+    )
+    net, _, _, _, meta = load_scorenet(path)
+    assert net.condition == 2 and net.inp.in_channels == 4
+    assert torch.equal(meta["condition_std"], torch.full((2,), 3.0))
+    with pytest.raises(ValueError, match=r"^scorenet\.condition: a conditional network takes one state"):
+        ScoreNetParams(condition=True, window=1)
+    with pytest.raises(ValueError, match=r"^scorenet\.init_error: must be \[lo, hi\]"):
+        ScoreNetParams(init_error=[0.5, 0.1])
+
+
+def _filter(weights: Path, **keys) -> DiffDAFilter:
+    f = DiffDAFilter.from_config({"name": "diffda", "weights": str(weights), **keys})
+    f.shape = (2, 16, 16)
+    return f
+
+
+@pytest.mark.parametrize("perturb", [False, True])
+def test_repaint_leaves_observed_values_at_the_observations(diffda_weights, perturb):
+    """Every 4th point observed (σo = 0.5): without perturbed observations each member's analysis equals
+    y at the observed values to 2 % of σo (5× the final noise, σ_0 = η = 1e-3 times the errors' std 2); with
+    them, each member is y + σo ε_m there (|x − y| < 5 σo) and the ensemble mean is within σo of y."""
+    g = torch.Generator().manual_seed(0)
+    d = 2 * 16 * 16
+    truth = 20 * torch.randn(d, generator=g)
+    prior = truth + 2 * torch.randn(8, d, generator=g)
+    idx = (torch.arange(16)[:, None] % 4 == 0) & (torch.arange(16)[None] % 4 == 0)
+    op = PointObservation(idx.expand(2, 16, 16).reshape(-1).nonzero().squeeze(1), sigma=0.5, d=d)
+    y = op.sample(truth, g)
+    out = _filter(diffda_weights, steps=8, perturb=perturb).analyse(
+        prior, y, op, torch.Generator().manual_seed(1)
+    )
+    x = out.ensemble
+    assert torch.isfinite(x).all() and x.shape == prior.shape
+    miss = x[:, op.indices] - y
+    if perturb:
+        assert miss.abs().max() < 5 * op.sigma and miss.mean(0).abs().max() < op.sigma
+        assert miss.std(0).mean() > 0.5 * op.sigma  # the members differ by the perturbations
+    else:
+        assert miss.abs().max() < 0.02 * op.sigma, miss.abs().max()
+    again = _filter(diffda_weights, steps=8, perturb=perturb).analyse(
+        prior, y, op, torch.Generator().manual_seed(1)
+    )
+    assert torch.equal(again.ensemble, x)  # the noise is the generator's
+
+
+def test_diffda_refuses_what_it_cannot_use(tmp_path, scorenet_weights, diffda_weights):
+    with pytest.raises(ValueError, match=r"^filter\.weights: .* is not a conditional network"):
+        DiffDAFilter.from_config({"name": "diffda", "weights": str(scorenet_weights)})
+    with pytest.raises(ValueError, match=r"^filter\.weights: .*none\.pt: no such score-network weights file"):
+        DiffDAFilter.from_config({"name": "diffda", "weights": str(tmp_path / "none.pt")})
+    for key, value in [("steps", 0), ("resample", 0), ("t_max", 0.0), ("eta", 2.0), ("mask_radius", -1.0)]:
+        with pytest.raises(ValueError, match=rf"^filter\.{key}: "):
+            DiffDAFilter(**{key: value})
+    op = PointObservation(torch.arange(4), sigma=1.0, d=2 * 16 * 16, transform="arctan")
+    with pytest.raises(ValueError, match=r"^filter=diffda: observations must be state values"):
+        _filter(diffda_weights).analyse(torch.zeros(2, 512), torch.zeros(4), op)
+
+
+DIFFDA_RUN = [  # README's `cycle.py experiment=filters_every4 filter=diffda`, small
+    "experiment=filters_every4",
+    "filter=diffda",
+    "model.N=16",
+    "members=4",
+    "cycles=2",
+    "burn_in=0",
+    "model.spinup_cycles=4",
+    "model.member_spacing_cycles=1",
+    "filter.steps=8",
+    "progress=false",
+]
+
+
+@pytest.mark.slow
+def test_diffda_filter_runs_two_cycles(tmp_path, diffda_weights):
+    """``filter=diffda`` in the cycle (every 4th point observed, a tiny network of white-noise errors):
+    two finite analyses with spread, the observed values drawn to the observations (the analysis is
+    closer to the truth than the forecast at observed points, within a few σo), and a rerun of the
+    analysis stage is bit for bit the same file."""
+    from conftest import CYCLE
+
+    run = tmp_path / "run"
+    cmd = [*CYCLE, *DIFFDA_RUN, f"filter.weights={diffda_weights}", f"run_dir={run}"]
+    out = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    assert [int(r["cycle"]) for r in rows] == [1, 2]
+    for r in rows:
+        assert math.isfinite(float(r["rmse_analysis"])) and 0 < float(r["spread_analysis"])
+    path = run / "cycles" / "000002" / "analysis.h5"
+    first, _ = read_state(path)
+    truth = read_state(run / "cycles" / "000002" / "truth.h5")[0][0]
+    forecast, _ = read_state(run / "cycles" / "000002" / "forecast.h5")
+    obs, _ = read_dataset_file(run / "cycles" / "000002" / "obs.h5")
+    at = np.unravel_index(obs["index"], truth.shape)
+    err_a = np.sqrt(((first.mean(0)[at] - truth[at]) ** 2).mean())
+    err_f = np.sqrt(((forecast.mean(0)[at] - truth[at]) ** 2).mean())
+    assert err_a < err_f and err_a < 1.5, (err_a, err_f)  # σo = 1 K; 4 members: ≈ √(1 + 1/4)
+    assert np.abs(first.mean(0)[at] - obs["obs"]).max() < 2.5  # y + the members' mean perturbation
+    path.unlink()
+    stage = [sys.executable, "-m", "scoreda.stages.analysis", "--run-dir", str(run), "--cycle", "2"]
+    again = subprocess.run(stage, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    second, _ = read_state(path)
+    assert first.shape == (4, 2, 16, 16) and np.array_equal(first, second)
+
+
+@pytest.mark.slow
+def test_train_score_workflow_trains_diffdas_conditional_network(tmp_path):
+    """``workflows/train_score.py scorenet=diffda_cpu`` (small): forecasts of perturbed nature-run states
+    (pairs.h5), 30 steps on one rank, a conditional weights file that ``filter=diffda`` loads, and a
+    report against the Wiener filter of the forecast errors' spectrum."""
+    from test_learned import SMALL
+
+    out = tmp_path / "dd"
+    cmd = [
+        sys.executable,
+        "workflows/train_score.py",
+        "scorenet=diffda_cpu",
+        *SMALL,
+        f"scorenet.out_dir={out}",
+    ]
+    res = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+    pairs, attrs = read_dataset_file(out / "pairs.h5")
+    assert pairs["forecast"].shape == (4, 19, 2, 16, 16) and attrs["lead_hours"] == 12.0
+    report = json.loads((out / "report.json").read_text())
+    assert report["train"]["steps"] == 30 and all(math.isfinite(v) for v in report["net"] + report["wiener"])
+    f = DiffDAFilter.from_config({"name": "diffda", "weights": str(out / "weights.pt")})
+    assert f.network[0].condition == 2
+    rs, fs = f.network[2][1], f.network[3][1]
+    assert (rs > 0).all() and (fs > rs).all()  # the forecasts vary more than their errors
