@@ -73,28 +73,12 @@ class DiffDAFilter:
     def from_config(cls, filter_cfg, grid: Grid | None = None) -> DiffDAFilter:
         """Keys of ``filter_cfg``; the network from ``weights`` (a one-line error naming
         ``filter.weights`` when it is missing, unreadable, unconditional or not of the model's grid)."""
-        from scoreda.learned.weights import load_scorenet
+        from scoreda.learned.weights import load_for_filter
 
         f = cls(**config_keys(cls, filter_cfg))
         f.shape = tuple(grid.shape) if grid is not None else None
-        try:
-            net, schedule, mean, std, meta = load_scorenet(f.weights)
-        except ValueError as e:
-            raise ValueError(f"filter.weights: {e}") from None
-        if not net.condition:
-            raise ValueError(
-                f"filter.weights: {f.weights} is not a conditional network; filter=diffda takes one "
-                "trained with scorenet.condition=true (scorenet=diffda_cpu)"
-            )
+        net, schedule, mean, std, meta = load_for_filter(f.weights, f.shape, True, "diffda")
         f.network = (net, schedule, (mean, std), (meta["condition_mean"], meta["condition_std"]))
-        if f.shape is not None:
-            C, H, W = f.shape
-            k = 2 ** (net.levels - 1)
-            if net.channels != C or H % k or W % k:
-                raise ValueError(
-                    f"filter.weights: {f.weights} takes {net.channels} channels on grids divisible by "
-                    f"{k}; the model's states are {C}×{H}×{W}"
-                )
         return f
 
     @property

@@ -94,35 +94,12 @@ class SDAFilter:
     def from_config(cls, filter_cfg, grid: Grid | None = None) -> SDAFilter:
         """Keys of ``filter_cfg``; the network from ``weights`` (a one-line error naming
         ``filter.weights`` when it is missing, unreadable or does not fit the model's grid)."""
-        from scoreda.learned.weights import load_scorenet
+        from scoreda.learned.weights import load_for_filter
 
         f = cls(**config_keys(cls, filter_cfg))
         f.shape = tuple(grid.shape) if grid is not None else None
-        try:
-            net, schedule, mean, std, _ = load_scorenet(f.weights)
-        except ValueError as e:
-            raise ValueError(f"filter.weights: {e}") from None
-        f.network = (net, schedule, mean, std)
-        f.check_network()
+        f.network = load_for_filter(f.weights, f.shape, False, "sda")[:4]
         return f
-
-    def check_network(self) -> None:
-        """The network takes one state of the model's grid."""
-        net, _, mean, _ = self.network
-        if getattr(net, "condition", 0) or net.channels != mean.numel():
-            raise ValueError(
-                f"filter.weights: {self.weights} is a network over windows of states or a conditional one "
-                f"({net.channels} channels for states of {mean.numel()}); filter=sda takes one state "
-                "(scorenet.window=0)"
-            )
-        if self.shape is not None:
-            C, H, W = self.shape
-            f = 2 ** (net.levels - 1)
-            if net.channels != C or H % f or W % f:
-                raise ValueError(
-                    f"filter.weights: {self.weights} takes {net.channels} channels on grids divisible by "
-                    f"{f}; the model's states are {C}×{H}×{W}"
-                )
 
     def background_points(self, shape: tuple[int, int, int]) -> torch.Tensor:
         """Flat indices of the values the background observes: every ``background_stride``-th grid

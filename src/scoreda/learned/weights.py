@@ -115,3 +115,35 @@ def load_scorenet(
         blob["std"].to(device),
         meta,
     )
+
+
+def load_for_filter(
+    weights: str, shape: tuple[int, int, int] | None, condition: bool, name: str
+) -> tuple[ScoreUNet, VPCosine, torch.Tensor, torch.Tensor, dict]:
+    """``load_scorenet`` for ``filter=<name>``: the network of one state, conditional (DiffDA) or not as
+    ``condition`` asks, on the model's grid ``shape`` (C, H, W); every problem one line naming
+    ``filter.weights``."""
+    try:
+        net, schedule, mean, std, meta = load_scorenet(weights)
+    except ValueError as e:
+        raise ValueError(f"filter.weights: {e}") from None
+    if condition and not net.condition:
+        raise ValueError(
+            f"filter.weights: {weights} is not a conditional network; filter={name} takes one "
+            "trained with scorenet.condition=true (scorenet=diffda_cpu)"
+        )
+    if not condition and (net.condition or net.channels != mean.numel()):
+        raise ValueError(
+            f"filter.weights: {weights} is a network over windows of states or a conditional one "
+            f"({net.channels} channels for states of {mean.numel()}); filter={name} takes one state "
+            "(scorenet.window=0)"
+        )
+    if shape is not None:
+        C, H, W = shape
+        f = 2 ** (net.levels - 1)
+        if net.channels != C or H % f or W % f:
+            raise ValueError(
+                f"filter.weights: {weights} takes {net.channels} channels on grids divisible by "
+                f"{f}; the model's states are {C}×{H}×{W}"
+            )
+    return net, schedule, mean, std, meta
