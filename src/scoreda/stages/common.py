@@ -32,6 +32,17 @@ from scoreda.science import science_keys
 CHECKED_ATTRS = ("cycle", "kind", "time_hours", "model", "grid", "units", "config_hash", "seed")
 
 
+def training_threads(cfg, local_world_size: int) -> int:
+    """Torch threads of a training process: ``OMP_NUM_THREADS`` where the environment sets it (a shared
+    machine: oversubscribed cores slow a step several times over), else the node's cores over its
+    ranks, at least ``platform.threads_per_worker``."""
+    import os
+
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit() and int(os.environ["OMP_NUM_THREADS"]) >= 1:
+        return int(os.environ["OMP_NUM_THREADS"])
+    return max(cfg.platform.threads_per_worker, (os.cpu_count() or 1) // local_world_size)
+
+
 def cycle_dir(run_dir: str | Path, cycle: int) -> Path:
     return Path(run_dir) / "cycles" / f"{cycle:06d}"
 

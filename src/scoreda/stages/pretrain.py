@@ -29,7 +29,6 @@ directory holding ``config.yaml``); ``workflows/pretrain.py`` chains them:
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
@@ -39,7 +38,7 @@ from omegaconf import OmegaConf
 from scoreda.dynamics import make_dynamics, model_science
 from scoreda.io import config_hash, read_dataset_file, write_dataset_file
 from scoreda.seeding import generator
-from scoreda.stages.common import load_config, steps_main, write_json
+from scoreda.stages.common import load_config, steps_main, training_threads, write_json
 
 TRAJ_DIMS = ("trajectory", "time", "level", "y", "x")
 
@@ -130,7 +129,7 @@ def train(out_dir: str | Path) -> dict:
     s, p = cfg.surrogate, cfg.pretrain
     env = discover()
     # a launched training job owns its host: the cores shared among the ranks on it
-    torch.set_num_threads(max(cfg.platform.threads_per_worker, (os.cpu_count() or 1) // env.local_world_size))
+    torch.set_num_threads(training_threads(cfg, env.local_world_size))
     init_distributed(env, cfg.parallel.backend)
     X, Y = load_pairs(out_dir, held_out=False, lead_hours=step_hours(cfg))
     mean, std = X.mean(dim=(0, 2, 3)), X.std(dim=(0, 2, 3))

@@ -29,7 +29,6 @@ directory holding ``config.yaml``, DIR = ``scorenet.out_dir``); ``workflows/trai
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
@@ -39,7 +38,7 @@ from scoreda.dynamics import make_dynamics
 from scoreda.io import config_hash, read_dataset_file, write_dataset_file
 from scoreda.seeding import generator
 from scoreda.stages import pretrain
-from scoreda.stages.common import load_config, steps_main, write_json
+from scoreda.stages.common import load_config, steps_main, training_threads, write_json
 
 EVAL_TIMES = (0.1, 0.3, 0.5, 0.7, 0.9)
 
@@ -169,7 +168,7 @@ def train(out_dir: str | Path) -> dict:
     cfg = load_config(out_dir)
     s = cfg.scorenet
     env = discover()
-    torch.set_num_threads(max(cfg.platform.threads_per_worker, (os.cpu_count() or 1) // env.local_world_size))
+    torch.set_num_threads(training_threads(cfg, env.local_world_size))
     init_distributed(env, cfg.parallel.backend)
     X, ((mean, std), condition) = samples(out_dir, held_out=False)
 
