@@ -67,11 +67,14 @@ def _filter(weights: Path, **keys) -> DiffDAFilter:
     return f
 
 
-@pytest.mark.parametrize("perturb", [False, True])
-def test_repaint_leaves_observed_values_at_the_observations(diffda_weights, perturb):
-    """Every 4th point observed (σo = 0.5): without perturbed observations each member's analysis equals
-    y at the observed values to 2 % of σo (5× the final noise, σ_0 = η = 1e-3 times the errors' std 2); with
-    them, each member is y + σo ε_m there (|x − y| < 5 σo) and the ensemble mean is within σo of y."""
+@pytest.mark.parametrize(("noisy", "perturb"), [(False, False), (False, True), (True, False)])
+def test_repaint_leaves_observed_values_at_the_observations(diffda_weights, noisy, perturb):
+    """Every 4th point observed (σo = 0.5). Exact observations (``observation_noise=false``): each
+    member's analysis equals y at the observed values to 2 % of σo (5× the final noise σ_0 = η = 1e-3
+    times the errors' std 2); with perturbed observations each member is y + σo ε_m there
+    (|x − y| < 5 σo) and the ensemble mean is within σo of y. Noisy observations (the default): imposed
+    down to the level σo, the rest denoised by the network: the ensemble mean within σo of y (rms), the
+    members spread around it by about σo (a sample of the posterior, not y itself)."""
     g = torch.Generator().manual_seed(0)
     d = 2 * 16 * 16
     truth = 20 * torch.randn(d, generator=g)
@@ -79,20 +82,20 @@ def test_repaint_leaves_observed_values_at_the_observations(diffda_weights, pert
     idx = (torch.arange(16)[:, None] % 4 == 0) & (torch.arange(16)[None] % 4 == 0)
     op = PointObservation(idx.expand(2, 16, 16).reshape(-1).nonzero().squeeze(1), sigma=0.5, d=d)
     y = op.sample(truth, g)
-    out = _filter(diffda_weights, steps=8, perturb=perturb).analyse(
-        prior, y, op, torch.Generator().manual_seed(1)
-    )
+    keys = dict(steps=8, perturb=perturb, observation_noise=noisy)
+    out = _filter(diffda_weights, **keys).analyse(prior, y, op, torch.Generator().manual_seed(1))
     x = out.ensemble
     assert torch.isfinite(x).all() and x.shape == prior.shape
     miss = x[:, op.indices] - y
-    if perturb:
+    if noisy:  # posterior samples: the mean near y (0.35 σo here), members spread by ≈ σo (1.7 here)
+        assert miss.mean(0).square().mean().sqrt() < op.sigma
+        assert 0.5 * op.sigma < miss.std(0).mean() < 2 * op.sigma
+    elif perturb:
         assert miss.abs().max() < 5 * op.sigma and miss.mean(0).abs().max() < op.sigma
         assert miss.std(0).mean() > 0.5 * op.sigma  # the members differ by the perturbations
     else:
         assert miss.abs().max() < 0.02 * op.sigma, miss.abs().max()
-    again = _filter(diffda_weights, steps=8, perturb=perturb).analyse(
-        prior, y, op, torch.Generator().manual_seed(1)
-    )
+    again = _filter(diffda_weights, **keys).analyse(prior, y, op, torch.Generator().manual_seed(1))
     assert torch.equal(again.ensemble, x)  # the noise is the generator's
 
 

@@ -7,10 +7,13 @@ x_m^a = f_m + r_m,   r_m ~ p_θ(r | f_m) with r fixed at the observed points to 
 - p_θ: the conditional network of ``weights`` (``workflows/train_score.py scorenet=diffda_cpu``),
   trained on 12-h forecasts of perturbed nature-run states against the truth; r and f each
   normalised per channel as in training;
-- y_m = y + σo ε_m: perturbed observations, one draw per member (``perturb``; false: y for all);
 - the observations enter through ``learned.diffda.sample``: RePaint with the mask enlarged by
   interpolation over a Gaussian of ``mask_radius`` grid lengths (0: the observed points alone),
-  ``steps`` steps from ``t_max``, stochasticity ``eta``, ``resample`` RePaint repeats a step.
+  ``steps`` steps from ``t_max``, stochasticity ``eta``, ``resample`` RePaint repeats a step;
+  ``observation_noise``: an observation is the error r at the noise level σo, so it is imposed only
+  down to that level and the network denoises the rest (false: imposed to the end, the analysis
+  equals y there, as seed 004);
+- y_m = y + σo ε_m: perturbed observations, one draw per member (``perturb``; false: y for all).
 
 Observations must be values of the state (``observation.transform=linear``): inpainting writes them
 into the field. All members are one batch; the noise comes from the cycle's generator, so a rerun is
@@ -50,7 +53,8 @@ class DiffDAFilter:
     eta: float = 1.0  # DDIM stochasticity: 1 ancestral, 0 deterministic
     resample: int = 1  # RePaint: network calls per step (1: no resampling)
     mask_radius: float = 1.0  # the soft mask's Gaussian, grid lengths (0: observed points only)
-    perturb: bool = True  # each member sees y + σo ε_m
+    observation_noise: bool = True  # observations enter at their own noise level σo (false: exact)
+    perturb: bool = False  # each member sees y + σo ε_m (with observation_noise=false: an EDA)
     inflation: float = 1.0  # multiplicative, on the forecast anomalies
     adaptive_inflation: bool = False  # × innovation_inflation(prior, y) (≥ 1), after ``inflation``
     rtps: float = 0.0  # relaxation of the analysis spread to the forecast spread (1 = fully)
@@ -136,6 +140,9 @@ class DiffDAFilter:
             t_max=float(self.t_max),
             eta=float(self.eta),
             resample=int(self.resample),
+            noise=(float(operator.sigma) / rs.to(dev, dt)).view(1, C, 1, 1)
+            if self.observation_noise
+            else 0.0,
         )
         if not torch.isfinite(r).all():
             raise FloatingPointError(f"filter=diffda: the sampler diverged ({self.steps} steps)")

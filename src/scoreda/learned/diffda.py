@@ -15,7 +15,11 @@ noise level of s:
     r̂₀ = (r_t − σ_t ε_θ)/μ_t,   r_s = μ_s r̂₀ + √(σ_s² − c²) ε_θ + c z,   c² = η² σ²_{t|s} σ_s²/σ_t²
     r_s ← w (μ_s known + σ_s z′) + (1 − w) r_s
 
-with σ²_{t|s} = σ_t² − (μ_t/μ_s)² σ_s². ``resample`` > 1: RePaint's resampling, each step repeated
+with σ²_{t|s} = σ_t² − (μ_t/μ_s)² σ_s². Noisy observations (``noise`` λ = σo / the errors' std, per
+channel): an observed value r̃ = r + λ ε is r at the noise level λ already, so it enters as
+μ_s known + √(σ_s² − μ_s² λ²) z′ while σ_s ≥ μ_s λ and not at all below that level, where the
+network denoises it like every other value (λ = 0: the observations are exact, RePaint itself).
+``resample`` > 1: RePaint's resampling, each step repeated
 after diffusing r_s back to t, r_t = (μ_t/μ_s) r_s + σ_{t|s} z″ (steps × resample network calls).
 """
 
@@ -64,17 +68,19 @@ def sample(
     t_max: float = 1.0,
     eta: float = 1.0,
     resample: int = 1,
+    noise: torch.Tensor | float = 0.0,
 ) -> torch.Tensor:
     """Samples r₀ [B, C, H, W] given the condition ``cond`` [B, C', H, W] and the inpainting targets
-    ``known``, ``weight`` (``inpainting_targets``); noise from the CPU ``generator``, moved to cond's
-    device."""
+    ``known``, ``weight`` (``inpainting_targets``) with noise level ``noise`` (broadcast against them);
+    noise from the CPU ``generator``, moved to cond's device."""
     dev, dt = cond.device, cond.dtype
     shape = known.shape
 
-    def noise() -> torch.Tensor:
+    def noise_like() -> torch.Tensor:
         return torch.randn(shape, generator=generator, dtype=dt).to(dev)
 
-    x = noise()
+    lam = torch.as_tensor(noise, dtype=dt, device=dev)
+    x = noise_like()
     times = torch.linspace(float(t_max), 0.0, steps + 1, dtype=torch.float64)
     for t, s in zip(times[:-1], times[1:], strict=True):
         t, s = t.to(dt), s.to(dt)
@@ -82,12 +88,14 @@ def sample(
         a = mu_t / mu_s  # α_{t|s}
         var_ts = (sig_t**2 - a**2 * sig_s**2).clamp_min(0)
         c = eta * (var_ts * sig_s**2 / sig_t**2).sqrt()
+        extra = sig_s**2 - (mu_s * lam) ** 2  # the noise the observations lack at level s
+        w = torch.where(extra >= 0, weight, torch.zeros_like(weight))
         for u in range(resample):
             e = net(x, t.expand(shape[0]), cond)
             x0 = (x - sig_t * e) / mu_t
-            xs = mu_s * x0 + (sig_s**2 - c**2).clamp_min(0).sqrt() * e + c * noise()
-            xs = weight * (mu_s * known + sig_s * noise()) + (1 - weight) * xs
+            xs = mu_s * x0 + (sig_s**2 - c**2).clamp_min(0).sqrt() * e + c * noise_like()
+            xs = w * (mu_s * known + extra.clamp_min(0).sqrt() * noise_like()) + (1 - w) * xs
             if u < resample - 1:
-                x = a * xs + var_ts.sqrt() * noise()
+                x = a * xs + var_ts.sqrt() * noise_like()
         x = xs
     return x
