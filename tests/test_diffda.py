@@ -19,6 +19,7 @@ from scoreda.filters.diffda import DiffDAFilter
 from scoreda.io import read_dataset_file, read_state
 from scoreda.learned.diffda import inpainting_targets, soft_mask
 from scoreda.learned.params import ScoreNetParams, build_scorenet
+from scoreda.learned.schedule import VPCosine
 from scoreda.learned.weights import load_scorenet, save_scorenet
 from scoreda.observations import PointObservation
 
@@ -185,3 +186,59 @@ def test_train_score_workflow_trains_diffdas_conditional_network(tmp_path):
     assert f.network[0].condition == 2
     rs, fs = f.network[2][1], f.network[3][1]
     assert (rs > 0).all() and (fs > rs).all()  # the forecasts vary more than their errors
+
+
+class WhiteErrors(torch.nn.Module):
+    """The exact ε of errors r ~ N(0, I) whatever the forecast: E[ε | r_t] = σ_t r_t / (μ_t² + σ_t²)."""
+
+    channels, condition, levels = 2, 2, 1
+
+    def __init__(self, schedule: VPCosine):
+        super().__init__()
+        self.schedule = schedule
+
+    def forward(self, r, t, cond):
+        mu, sigma = (v[:, None, None, None] for v in self.schedule(t))
+        return sigma * r / (mu**2 + sigma**2)
+
+
+@pytest.mark.parametrize("transform", ["linear", "arctan"])
+def test_kalman_guidance_samples_the_posterior_through_the_exact_operator(transform, diffda_weights):
+    """``guidance=kalman`` with the exact ε of N(0, I) errors (errors' std 1 around the forecast f = 0):
+    with linear observations of every 4th point (σo = 0.5) the members' mean is the Kalman posterior
+    mean y/(1 + σo²) there within 4 Monte-Carlo standard errors and the prior's 0 elsewhere; through
+    arctan (σo = 0.05 rad) the observed values' error falls to a third of the forecast's. Inpainting
+    refuses arctan at config time, naming observation.transform."""
+    schedule, M = VPCosine(1e-3), 64
+    f = DiffDAFilter(steps=32, guidance="kalman", shape=(2, 16, 16))
+    one = (torch.zeros(2), torch.ones(2))
+    f.network = (WhiteErrors(schedule), schedule, one, one)
+    g = torch.Generator().manual_seed(0)
+    d = 2 * 16 * 16
+    truth = torch.randn(d, generator=g)
+    idx = (torch.arange(16)[:, None] % 4 == 0) & (torch.arange(16)[None] % 4 == 0)
+    at = idx.expand(2, 16, 16).reshape(-1).nonzero().squeeze(1)
+    sigma = 0.5 if transform == "linear" else 0.05
+    op = PointObservation(at, sigma=sigma, d=d, transform=transform)
+    y = op.sample(truth, g)
+    x = f.analyse(torch.zeros(M, d), y, op, torch.Generator().manual_seed(1)).ensemble
+    assert torch.isfinite(x).all()
+    if transform == "linear":
+        post_var = sigma**2 / (1 + sigma**2)
+        err = (x[:, at].mean(0) - y / (1 + sigma**2)).square().mean().sqrt()
+        assert err < 4 * (post_var / M) ** 0.5, err
+        free = torch.ones(d, dtype=torch.bool)
+        free[at] = False
+        assert x[:, free].mean(0).square().mean().sqrt() < 4 / M**0.5
+        assert 0.8 < x[:, free].var(0).mean() < 1.2
+    else:
+        assert (x.mean(0) - truth)[at].square().mean().sqrt() < truth[at].square().mean().sqrt() / 3
+    from hydra import compose, initialize_config_dir
+
+    from scoreda.config import validate
+
+    base = ["filter=diffda", f"filter.weights={diffda_weights}", "model.N=16", "observation=arctan"]
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        with pytest.raises(ValueError, match=r"^observation\.transform: filter=diffda takes observations of"):
+            validate(compose("config", overrides=base))
+        validate(compose("config", overrides=[*base, "filter.guidance=kalman"]))

@@ -161,6 +161,11 @@ def _check_values(c: DictConfig) -> None:
             f"{f.ranks} ranks for a grid of {rows} rows (one row each at least)",
         )
     _check(
+        capabilities.nonlinear_operators or c.observation.transform == "linear",
+        "observation.transform",
+        f"filter={f.name} takes observations of state values (linear), not {c.observation.transform}",
+    )
+    _check(
         f.get("kernel", "torch") != "fused" or c.observation.transform == "linear",
         "filter.kernel",
         f"fused takes linear observations (observation.transform=linear), not {c.observation.transform}",

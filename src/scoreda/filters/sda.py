@@ -162,7 +162,7 @@ class SDAFilter:
             x = model_units(z0)
             score, curv = operator.likelihood_score(x, y), operator.curvature(x)
             score, curv = score + bprec * (bmean - x), curv + bprec
-            x = x + score / (1 / (c * s2) + curv)
+            x = sda.gauss_newton_step(x, score, curv, c * s2, operator.linear)
             return (x.reshape(z0.shape) - m) / s
 
         def observe(z: torch.Tensor) -> torch.Tensor:

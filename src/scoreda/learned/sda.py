@@ -76,6 +76,20 @@ def kalman_eps(
     return (x - mu * x0) / sigma
 
 
+def gauss_newton_step(
+    x: torch.Tensor, score: torch.Tensor, curv: torch.Tensor, prior_var: torch.Tensor, linear: bool
+) -> torch.Tensor:
+    """x + score / (1/prior_var + curv): the Gaussian update of every value with the likelihood's score
+    and Gauss–Newton curvature at x (exact for a linear operator). A nonlinear operator's step is
+    kept within 3 prior standard deviations (a trust region: Newton's step on arctan overshoots
+    without bound where |x| > 1.4, e.g. −12.5 from x = 3 toward 0)."""
+    step = score / (1 / prior_var + curv)
+    if not linear:
+        bound = 3 * prior_var.sqrt()
+        step = torch.maximum(torch.minimum(step, bound), -bound)
+    return x + step
+
+
 @torch.no_grad()
 def sample(
     eps: EpsFn,
