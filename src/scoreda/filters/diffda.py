@@ -56,7 +56,7 @@ class DiffDAFilter:
     weights: str = "runs/scorenet/diffda_cpu/weights.pt"  # the conditional network's weights file
     guidance: str = "inpaint"  # inpaint: RePaint (seed 004); kalman: a Gaussian update of Tweedie's
     # estimate by the exact operator (filter=sda's guidance: nonlinear observations too)
-    steps: int = 32  # reverse steps from t_max to 0
+    steps: int = 16  # reverse steps from t_max to 0 (as filter=sda)
     t_max: float = 0.9  # where sampling starts from N(0, I) (μ_t = 0.034; from t = 1 the first step
     # multiplies the network's error by μ_s/μ_t, filter=sda's finding)
     eta: float = 1.0  # DDIM stochasticity: 1 ancestral, 0 deterministic
