@@ -40,8 +40,9 @@ def tiny(members: int = 4, n_steps: int = 10, *more: str) -> list[str]:
     ]
 
 
-def _tiny_scorenet(tmp_path_factory, condition: bool) -> Path:
-    """A small score network's weights file for 2-channel states on grids divisible by 2: 200 Adam steps
+def _tiny_scorenet(tmp_path_factory, condition: bool, f_std=(20.0, 20.0), r_std=(2.0, 2.0)) -> Path:
+    """A small score network's weights file for len(f_std)-channel states on grids divisible by 2, states
+    of std ``f_std`` (and with ``condition``, errors of std ``r_std``) per channel: 200 Adam steps
     of denoising on white noise (with ``condition``: of white noise r given a white-noise forecast f),
     so that it knows roughly the score of N(0, I) and sampling with it is stable (an untrained
     network's Tweedie estimate is not, and its guided samples diverge)."""
@@ -52,19 +53,20 @@ def _tiny_scorenet(tmp_path_factory, condition: bool) -> Path:
     from scoreda.learned.unet import DenoisingLoss
     from scoreda.learned.weights import save_scorenet
 
-    p = ScoreNetParams(channels=2, hidden=[8, 16], blocks=[1, 1], emb=8, condition=condition)
+    C, f_std, r_std = len(f_std), torch.tensor(f_std), torch.tensor(r_std)
+    p = ScoreNetParams(channels=C, hidden=[8, 16], blocks=[1, 1], emb=8, condition=condition)
     torch.manual_seed(0)
     net = build_scorenet(p)
     loss = DenoisingLoss(net, VPCosine(p.eta))
     opt = torch.optim.Adam(net.parameters(), lr=3e-3)
     for _ in range(200):
         opt.zero_grad()
-        loss(torch.randn(8, 4 if condition else 2, 16, 16)).square().mean().backward()
+        loss(torch.randn(8, 2 * C if condition else C, 16, 16)).square().mean().backward()
         opt.step()
     path = tmp_path_factory.mktemp("diffda" if condition else "scorenet") / "weights.pt"
-    moments = (torch.zeros(2), torch.full((2,), 20.0))
-    if condition:  # errors of std 2 around forecasts of std 20 (model units)
-        return save_scorenet(path, net.state_dict(), p, torch.zeros(2), torch.full((2,), 2.0), None, moments)
+    moments = (torch.zeros(C), f_std)
+    if condition:  # errors of std r_std around forecasts of std f_std (model units)
+        return save_scorenet(path, net.state_dict(), p, torch.zeros(C), r_std, None, moments)
     return save_scorenet(path, net.state_dict(), p, *moments)
 
 
@@ -79,6 +81,14 @@ def scorenet_weights(tmp_path_factory) -> Path:
 def diffda_weights(tmp_path_factory) -> Path:
     """A tiny conditional network (``filter=diffda``'s)."""
     return _tiny_scorenet(tmp_path_factory, condition=True)
+
+
+@pytest.fixture(scope="session")
+def diffda_qg_weights(tmp_path_factory) -> Path:
+    """A tiny conditional network of the two-layer QG's (q1, u1, v1, q2, u2, v2): forecasts and errors of
+    about the 12-h forecasts' sizes (1/s and m/s)."""
+    f_std, r_std = (8e-6, 0.05, 0.05, 1e-6, 0.008, 0.008), (3e-6, 0.02, 0.02, 5e-7, 0.004, 0.004)
+    return _tiny_scorenet(tmp_path_factory, True, f_std, r_std)
 
 
 @pytest.fixture(scope="session")

@@ -25,6 +25,7 @@ from scoreda import metrics  # noqa: E402
 from scoreda.config import ConfigError, validate  # noqa: E402
 from scoreda.dynamics.grid import model_grid  # noqa: E402
 from scoreda.dynamics.qg2l import TwoLayerQG  # noqa: E402
+from scoreda.io import read_dataset_file, read_state  # noqa: E402
 from scoreda.observations import make_observation_operator, observed_indices  # noqa: E402
 from scoreda.registry import model_config  # noqa: E402
 from scoreda.science import science_keys  # noqa: E402
@@ -253,3 +254,39 @@ def test_two_cycles_with_every_filter(tmp_path):
         )
         for png in ("fields.png", "fields_m_per_s.png", "rmse_spread_u1.png", "ke_spectrum.png"):
             assert (run / "plots" / png).stat().st_size > 10_000
+
+
+def test_diffda_composes_with_the_qg_network(diffda_qg_weights, diffda_weights):
+    c = cfg_of("experiment=qg_stations", "filter=diffda")  # configs/tuning/qg_stations_diffda.yaml
+    assert (
+        c.filter.weights == "runs/scorenet/diffda_qg_cpu/weights.pt"
+        and c.run_dir == "runs/qg_stations/diffda"
+    )
+    c = validate(cfg_of("experiment=qg_stations", "filter=diffda", f"filter.weights={diffda_qg_weights}"))
+    assert c.filter.guidance == "inpaint"
+    with pytest.raises(ConfigError, match="^filter.weights: "):  # SQG's 2-channel network
+        validate(cfg_of("experiment=qg_stations", "filter=diffda", f"filter.weights={diffda_weights}"))
+
+
+@pytest.mark.slow
+def test_two_cycles_with_diffda(tmp_path, diffda_qg_weights):
+    """``filter=diffda`` on the 6-channel state (a tiny conditional network): finite analyses, the
+    observed velocities drawn to the stations (σo = 0.005 m/s, well below the forecast's error)."""
+    cmd = [*CYCLE, "experiment=qg_stations", "filter=diffda", f"filter.weights={diffda_qg_weights}"]
+    cmd += [*SMALL, f"run_dir={tmp_path}"]
+    env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
+    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    rows = list(csv.DictReader(open(tmp_path / "metrics.csv")))
+    assert [int(r["cycle"]) for r in rows] == [1, 2]
+    for r in rows:
+        assert 1e-8 < float(r["rmse_analysis"]) < 1e-4 and float(r["spread_analysis"]) > 0  # 1/s
+    for cycle in ("000001", "000002"):  # at the stations the analysis is nearer the truth
+        files = {k: tmp_path / "cycles" / cycle / f"{k}.h5" for k in ("analysis", "forecast", "truth", "obs")}
+        truth, obs = read_state(files["truth"])[0][0], read_dataset_file(files["obs"])[0]
+        at = np.unravel_index(obs["index"], truth.shape)
+        err = {
+            k: np.sqrt(((read_state(files[k])[0].mean(0)[at] - truth[at]) ** 2).mean())
+            for k in ("analysis", "forecast")
+        }
+        assert err["analysis"] < err["forecast"] and err["analysis"] < 0.01, err  # σo = 0.005 m/s

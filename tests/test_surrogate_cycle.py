@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
@@ -223,3 +224,35 @@ def test_surrogate_size_must_match_the_model(tmp_path):
         ok = validate(compose("config", overrides=[*TINY, "forecaster=vit", f"surrogate.checkpoint={w}"]))
     write_config(tmp_path / "r", ok)  # the science hash covers the surrogate when it forecasts
     assert (tmp_path / "r" / "config.yaml").is_file()
+
+
+def test_pretrain_branch_noise_is_in_the_model_units(tmp_path):
+    """The two-layer QG's PV is ~1e-5 1/s: branching its nature runs by N(0, 1) noise blows them up,
+    which is a one-line error naming ``pretrain.branch_std``; branched by 1e-6 1/s the runs are finite,
+    distinct, and keyed apart from N(0, 1) branching (whose key, SQG's, is unchanged)."""
+    from omegaconf import OmegaConf
+
+    from scoreda.io import read_dataset_file, write_text
+    from scoreda.stages import pretrain
+
+    def config(*extra):
+        overrides = ["model=qg2l", "model.nx=16", "model.dt=3600", "model.spinup_cycles=10"]
+        overrides += ["pretrain.trajectories=2", "pretrain.held_out=1", "pretrain.length=2"]
+        overrides += ["pretrain.decorrelate_cycles=1", *extra]
+        with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+            cfg = validate(compose("config", overrides=overrides))
+        write_text(tmp_path / "config.yaml", OmegaConf.to_yaml(cfg))
+        return cfg
+
+    cfg = config()
+    with pytest.raises(ValueError, match=r"^pretrain.branch_std: the runs branched by noise of std 1.0 1/s"):
+        pretrain.trajectory(tmp_path, 12.0)
+    assert not (tmp_path / "trajectory.h5").exists()
+    small = config("pretrain.branch_std=1e-6")
+    assert pretrain._trajectory_key(small) != pretrain._trajectory_key(cfg)
+    state = read_dataset_file(pretrain.trajectory(tmp_path, 12.0))[0]["state"]
+    assert state.shape == (2, 2, 2, 16, 16) and np.isfinite(state).all()
+    assert 1e-7 < np.abs(state[0] - state[1]).max() and np.abs(state).max() < 1e-3
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        with pytest.raises(ValueError, match="pretrain.branch_std"):
+            validate(compose("config", overrides=["pretrain.branch_std=0"]))

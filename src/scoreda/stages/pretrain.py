@@ -4,7 +4,7 @@ Three steps, each runnable alone (``python -m scoreda.stages.pretrain STEP --out
 directory holding ``config.yaml``); ``workflows/pretrain.py`` chains them:
 
 - ``trajectory``: one run spun up from noise for ``model.spinup_cycles`` cycles, branched into
-  ``pretrain.trajectories`` copies by N(0, 1) noise, each decorrelated for
+  ``pretrain.trajectories`` copies by N(0, ``pretrain.branch_std``²) noise, each decorrelated for
   ``pretrain.decorrelate_cycles`` cycles, then frames ``pretrain.frame_hours`` apart over
   ``pretrain.length − 1`` cycles ((length − 1)·cycle/frame + 1 frames), ``DIR/trajectory.h5``
   [trajectory, time, level, y, x]. Reused when its hash matches.
@@ -58,6 +58,8 @@ def _trajectory_key(cfg, frame: float | None = None) -> str:
     keys = [p.trajectories, p.length, p.decorrelate_cycles]
     if frame != cfg.model.cycle_hours:  # one frame per cycle keeps the key it always had
         keys.append(frame)
+    if p.get("branch_std", 1.0) != 1.0:  # so does N(0, 1) branching
+        keys.append(("branch_std", p.branch_std))
     return config_hash({"seed": cfg.seed, "model": model_science(cfg.model), "pretrain": keys})
 
 
@@ -81,7 +83,12 @@ def trajectory(out_dir: str | Path, frame: float | None = None) -> str:
     x = model.initial_state(generator(cfg.seed, 0, "pretrain-spinup"), 1).to(cfg.device)
     x = model.step(x, m.spinup_cycles * spc)
     branch = torch.randn((p.trajectories, *x.shape[1:]), generator=generator(cfg.seed, 0, "pretrain-branch"))
-    x = model.step(x + branch.to(x), p.decorrelate_cycles * spc)
+    x = model.step(x + p.branch_std * branch.to(x), p.decorrelate_cycles * spc)
+    if not torch.isfinite(x).all():
+        raise ValueError(
+            f"pretrain.branch_std: the runs branched by noise of std {p.branch_std} {m.units} diverged "
+            f"(model {m.name}); give the noise in the model's units"
+        )
     states = [x.cpu()]
     for _ in range((p.length - 1) * per_cycle):  # a sequence in model time, all trajectories in one batch
         x = model.step(x, spf)

@@ -157,6 +157,7 @@ class PretrainParams:
     length: int = 160  # cycles per trajectory: states model.cycle_hours apart (length − 1 pairs each)
     frame_hours: float | None = 1.0  # hours between stored frames (None: model.cycle_hours)
     decorrelate_cycles: int = 20  # cycles between branching off the spun-up run and the first state
+    branch_std: float = 1.0  # std of the white noise that branches the copies [model units]
     steps: int = 7000  # optimiser steps (sets the learning-rate schedule)
     # optional guard: stop at a step boundary after this much training (None: train all `steps`); a
     # stop before `steps` is reported (train.json, report.json). Off by default: results do not
@@ -185,6 +186,7 @@ class PretrainParams:
             "pretrain.decorrelate_cycles",
             f"must be ≥ 0, got {self.decorrelate_cycles}",
         )
+        require(self.branch_std > 0, "pretrain.branch_std", f"must be positive, got {self.branch_std}")
         require(
             self.max_minutes is None or self.max_minutes > 0,
             "pretrain.max_minutes",
