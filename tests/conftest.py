@@ -2,8 +2,10 @@
 checkout's runs/), so the runs of the suite share their spun-up trajectories and leave nothing behind."""
 
 import atexit
+import csv
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -24,6 +26,18 @@ def spinup_cache() -> Path:
 ROOT = Path(__file__).resolve().parents[1]
 #: ``python workflows/cycle.py`` as the tests start it
 CYCLE = [sys.executable, str(ROOT / "workflows" / "cycle.py")]
+#: the environment of the workflows tests start: W&B offline, one thread a process, DeepSpeed on CPU
+ENV = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
+
+
+def run_cycle(run_dir: Path, *overrides: str, timeout: int = 600) -> list[dict]:
+    """``workflows/cycle.py overrides run_dir=…`` (W&B offline, one thread a process), asserted to
+    finish: the rows of its metrics.csv."""
+    cmd = [*CYCLE, *overrides, f"run_dir={run_dir}"]
+    out = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=timeout)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    with open(Path(run_dir) / "metrics.csv") as f:
+        return list(csv.DictReader(f))
 
 
 def tiny(members: int = 4, n_steps: int = 10, *more: str) -> list[str]:

@@ -3,10 +3,8 @@ hold on the observations, ``filter=diffda`` in the cycle, and training the netwo
 
 from __future__ import annotations
 
-import csv
 import json
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -24,7 +22,7 @@ from scoreda.learned.weights import load_scorenet, save_scorenet
 from scoreda.observations import PointObservation
 
 ROOT = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
+from conftest import ENV  # noqa: E402
 
 
 def test_soft_mask_interpolates_around_the_observations():
@@ -133,13 +131,10 @@ def test_diffda_filter_runs_two_cycles(tmp_path, diffda_weights):
     two finite analyses with spread, the observed values drawn to the observations (the analysis is
     closer to the truth than the forecast at observed points, within a few σo), and a rerun of the
     analysis stage is bit for bit the same file."""
-    from conftest import CYCLE
+    from conftest import run_cycle
 
     run = tmp_path / "run"
-    cmd = [*CYCLE, *DIFFDA_RUN, f"filter.weights={diffda_weights}", f"run_dir={run}"]
-    out = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
-    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    rows = run_cycle(run, *DIFFDA_RUN, f"filter.weights={diffda_weights}")
     assert [int(r["cycle"]) for r in rows] == [1, 2]
     for r in rows:
         assert math.isfinite(float(r["rmse_analysis"])) and 0 < float(r["spread_analysis"])

@@ -3,7 +3,6 @@ the surrogate's trainer, the weights file, and the train_score workflow."""
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
@@ -385,14 +384,10 @@ def test_sda_filter_runs_two_cycles(tmp_path, scorenet_weights):
     """``filter=sda`` in the cycle (a small network that knows white noise, every point observed): two
     analyses, finite, each closer to the truth than its forecast; a rerun of the analysis stage is
     bit for bit the same file (the sampler's noise is the cycle's stream)."""
-    from conftest import CYCLE
+    from conftest import ENV, run_cycle
 
     run = tmp_path / "run"
-    cmd = [*CYCLE, *SDA_RUN, f"filter.weights={scorenet_weights}", f"run_dir={run}"]
-    env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
-    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
-    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    rows = run_cycle(run, *SDA_RUN, f"filter.weights={scorenet_weights}")
     assert [int(r["cycle"]) for r in rows] == [1, 2]
     for r in rows:
         assert 0 < float(r["rmse_analysis"]) < float(r["rmse_forecast"])
@@ -401,7 +396,7 @@ def test_sda_filter_runs_two_cycles(tmp_path, scorenet_weights):
     first, _ = read_state(path)
     path.unlink()
     stage = [sys.executable, "-m", "scoreda.stages.analysis", "--run-dir", str(run), "--cycle", "2"]
-    again = subprocess.run(stage, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    again = subprocess.run(stage, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
     second, _ = read_state(path)
     assert first.shape == (4, 2, 16, 16) and np.array_equal(first, second)

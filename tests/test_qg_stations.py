@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 
 pytest.importorskip("pyqg")
 
-from conftest import CYCLE  # noqa: E402
+from conftest import CYCLE, run_cycle  # noqa: E402
 
 from scoreda import metrics  # noqa: E402
 from scoreda.config import ConfigError, validate  # noqa: E402
@@ -272,12 +272,9 @@ def test_diffda_composes_with_the_qg_network(diffda_qg_weights, diffda_weights):
 def test_two_cycles_with_diffda(tmp_path, diffda_qg_weights):
     """``filter=diffda`` on the 6-channel state (a tiny conditional network): finite analyses, the
     observed velocities drawn to the stations (σo = 0.005 m/s, well below the forecast's error)."""
-    cmd = [*CYCLE, "experiment=qg_stations", "filter=diffda", f"filter.weights={diffda_qg_weights}"]
-    cmd += [*SMALL, f"run_dir={tmp_path}"]
-    env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
-    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
-    rows = list(csv.DictReader(open(tmp_path / "metrics.csv")))
+    rows = run_cycle(
+        tmp_path, "experiment=qg_stations", "filter=diffda", f"filter.weights={diffda_qg_weights}", *SMALL
+    )
     assert [int(r["cycle"]) for r in rows] == [1, 2]
     for r in rows:
         assert 1e-8 < float(r["rmse_analysis"]) < 1e-4 and float(r["spread_analysis"]) > 0  # 1/s
