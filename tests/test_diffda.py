@@ -237,3 +237,26 @@ def test_kalman_guidance_samples_the_posterior_through_the_exact_operator(transf
         with pytest.raises(ValueError, match=r"^observation\.transform: filter=diffda takes observations of"):
             validate(compose("config", overrides=base))
         validate(compose("config", overrides=[*base, "filter.guidance=kalman"]))
+
+
+def test_the_samples_script_measures_analysis_and_spread_against_the_truth(diffda_weights):
+    """``scripts/diffda_samples.py``'s measurement (results.md: why ``qg_stations`` is missed) on
+    white pairs (errors of std 2 K around forecasts of std 20 K, as the tiny network knows), every 4th
+    point observed with σo = 1 K: one row per pair and channel, the forecast's error what was put in,
+    the observed values pulled to the observations, samples with spread."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("diffda_samples", ROOT / "scripts" / "diffda_samples.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    g = torch.Generator().manual_seed(0)
+    r, f = 2 * torch.randn(2, 2, 16, 16, generator=g), 20 * torch.randn(2, 2, 16, 16, generator=g)
+    over = ["experiment=filters_every4", "model.N=16", "filter.steps=8"]
+    rows = script.measure(diffda_weights, over, r, f, members=4)
+    assert [(w["pair"], w["channel"]) for w in rows] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    for w in rows:  # 16 observed points of 256 a channel
+        assert (
+            1.8 < math.sqrt((16 * w["forecast_observed"] ** 2 + 240 * w["forecast_between"] ** 2) / 256) < 2.2
+        )
+        assert w["analysis_observed"] < w["forecast_observed"] and w["analysis_observed"] < 1.1  # σo = 1
+        assert w["spread_between"] > 1 and all(math.isfinite(v) for v in w.values())
