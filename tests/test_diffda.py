@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import ENV
 
 from scoreda.filters.diffda import DiffDAFilter
 from scoreda.io import read_dataset_file, read_state
@@ -22,7 +23,6 @@ from scoreda.learned.weights import load_scorenet, save_scorenet
 from scoreda.observations import PointObservation
 
 ROOT = Path(__file__).resolve().parents[1]
-from conftest import ENV  # noqa: E402
 
 
 def test_soft_mask_interpolates_around_the_observations():

@@ -272,8 +272,9 @@ def test_train_score_workflow_on_two_ranks(tmp_path, parallel, window):
     cmd = [sys.executable, "workflows/train_score.py", *SMALL, f"scorenet.out_dir={out}"]
     cmd += [f"parallel={parallel}", "parallel.ranks=2", "parallel.launcher=torchrun"]
     cmd += [f"scorenet.window={window}", "scorenet.every_hours=24"]
-    env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
-    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    from conftest import ENV
+
+    res = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
     assert report["train"]["ranks"] == 2 and report["train"]["steps"] == 30
