@@ -54,9 +54,12 @@ def tiny(members: int = 4, n_steps: int = 10, *more: str) -> list[str]:
     ]
 
 
-def _tiny_scorenet(tmp_path_factory, condition: bool, f_std=(20.0, 20.0), r_std=(2.0, 2.0)) -> Path:
+def _tiny_scorenet(
+    tmp_path_factory, condition: bool, f_std=(20.0, 20.0), r_std=(2.0, 2.0), window: int = 0
+) -> Path:
     """A small score network's weights file for len(f_std)-channel states on grids divisible by 2, states
-    of std ``f_std`` (and with ``condition``, errors of std ``r_std``) per channel: 200 Adam steps
+    of std ``f_std`` (and with ``condition``, errors of std ``r_std``) per channel (``window`` k: over
+    windows of 2k+1 states): 200 Adam steps
     of denoising on white noise (with ``condition``: of white noise r given a white-noise forecast f),
     so that it knows roughly the score of N(0, I) and sampling with it is stable (an untrained
     network's Tweedie estimate is not, and its guided samples diverge)."""
@@ -68,16 +71,16 @@ def _tiny_scorenet(tmp_path_factory, condition: bool, f_std=(20.0, 20.0), r_std=
     from scoreda.learned.weights import save_scorenet
 
     C, f_std, r_std = len(f_std), torch.tensor(f_std), torch.tensor(r_std)
-    p = ScoreNetParams(channels=C, hidden=[8, 16], blocks=[1, 1], emb=8, condition=condition)
+    p = ScoreNetParams(channels=C, hidden=[8, 16], blocks=[1, 1], emb=8, condition=condition, window=window)
     torch.manual_seed(0)
     net = build_scorenet(p)
     loss = DenoisingLoss(net, VPCosine(p.eta))
     opt = torch.optim.Adam(net.parameters(), lr=3e-3)
     for _ in range(200):
         opt.zero_grad()
-        loss(torch.randn(8, 2 * C if condition else C, 16, 16)).square().mean().backward()
+        loss(torch.randn(8, 2 * C if condition else (2 * window + 1) * C, 16, 16)).square().mean().backward()
         opt.step()
-    path = tmp_path_factory.mktemp("diffda" if condition else "scorenet") / "weights.pt"
+    path = tmp_path_factory.mktemp("diffda" if condition else f"scorenet{window}") / "weights.pt"
     moments = (torch.zeros(C), f_std)
     if condition:  # errors of std r_std around forecasts of std f_std (model units)
         return save_scorenet(path, net.state_dict(), p, torch.zeros(C), r_std, None, moments)

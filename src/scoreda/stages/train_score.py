@@ -192,6 +192,7 @@ def train(out_dir: str | Path) -> dict:
     seconds = time.perf_counter() - t0
     state = trainer.full_state_dict()
     meta = {"steps": len(losses), "seconds": seconds, "final_loss": losses[-1], "parallel": cfg.parallel.name}
+    meta["every_hours"] = every_hours(cfg)  # the spacing of a window's states (the smoother checks it)
     if env.rank == 0:
         state = {k.removeprefix("net."): v for k, v in state.items()}
         save_scorenet(out_dir / "weights.pt", state, s, mean, std, meta, condition)
