@@ -177,3 +177,25 @@ def test_srun_launches_the_trainer_on_two_ranks(slurm, tmp_path):
     assert (got["launcher"], got["world_size"]) == ("srun", 2)
     ddp, zero2 = (got["strategies"][s]["losses"] for s in ("ddp", "zero2"))
     assert zero2 == pytest.approx(ddp, abs=1e-6) and zero2[-1] < zero2[0]
+
+
+def test_sbatch_trains_the_score_network_with_srun(slurm, tmp_path):
+    """`SCOREDA_WORKFLOW=workflows/train_score.py sbatch slurm/slurm.sbatch …`: the score network's
+    training (issue 21) in one allocation, its DeepSpeed ZeRO-2 step launched by srun (the path of
+    slurm/frontier.sbatch with scorenet=sda_qg_gpu); a weights file that loads, with the window's
+    spacing recorded."""
+    from scoreda.learned.weights import load_scorenet
+
+    out = tmp_path / "sc"
+    over = ["model.N=16", "model.spinup_cycles=20", "pretrain.trajectories=4", "pretrain.held_out=1"]
+    over += ["pretrain.length=20", "scorenet.hidden=[8,16]", "scorenet.blocks=[1,1]", "scorenet.steps=10"]
+    over += ["scorenet.batch_size=8", "scorenet.window=1", "parallel=zero2", "parallel.ranks=1"]
+    env = slurm | {"SCOREDA_WORKFLOW": "workflows/train_score.py", "DS_ACCELERATOR": "cpu"}
+    job = sbatch(env, tmp_path, "--time=10", "slurm/slurm.sbatch", f"scorenet.out_dir={out}", *over)
+    wait_for(out / "report.json", 600)
+    wait_idle(slurm)
+    log = (tmp_path / f"job-{job}.out").read_text()
+    assert f"scoreda: job {job} on 1 node(s)" in log, log[-2000:]
+    assert any(ln.strip().startswith("srun ") and "train_score train" in ln for ln in log.splitlines()), log
+    net, _, _, _, meta = load_scorenet(out / "weights.pt")
+    assert net.inp.in_channels == 3 * 2 and meta["steps"] == 10 and meta["every_hours"] == 12.0
