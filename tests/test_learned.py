@@ -91,6 +91,8 @@ def test_params_check_one_line_naming_the_key():
         ScoreNetParams(hidden=[8, 16], blocks=[1])
     with pytest.raises(ValueError, match=r"^scorenet\.kernel: must be odd"):
         ScoreNetParams(kernel=4)
+    with pytest.raises(ValueError, match=r"^scorenet\.hidden: the first width 16 must be ≥ the 30 noised"):
+        ScoreNetParams(channels=6, window=2, hidden=[16, 32, 64], blocks=[2, 2, 2])
     p = ScoreNetParams(hidden=[8, 16, 32], blocks=[1, 1, 1])
     with pytest.raises(ValueError, match=r"^scorenet\.channels: 2, but the model's states have 6"):
         p.check_fits((6, 64, 64), 12.0)
