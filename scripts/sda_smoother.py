@@ -157,7 +157,7 @@ def figure(path: Path, truth, xs, rows: dict, cycles: list[int], names: list[str
         a_.remove()
     line = fig.add_subplot(gs[3, :])
     for name, rs in rows.items():
-        line.plot(cycles, [r["headline"] for r in rs], label=name.split(":")[0])
+        line.plot(cycles, [r["headline"] for r in rs], label=Path(name.split(":")[-1]).name)
     line.set_xlabel("cycle")
     line.set_ylabel("analysis RMSE")
     line.legend()
