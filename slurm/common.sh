@@ -24,6 +24,7 @@ scoreda_resubmit() {  # SCRIPT ARGS...: the same job again, after this one, with
         return 1
     fi
     args+=(--dependency="afterany:$SLURM_JOB_ID" --nodes="${SLURM_JOB_NUM_NODES:-1}")
+    v=$(_job_field NumTasks "$info"); [[ $v =~ ^[0-9]+$ ]] && args+=(--ntasks="$v")
     v=$(_job_field TimeLimit "$info"); [[ -n $v && $v != UNLIMITED ]] && args+=(--time="$v")
     v=$(_job_field Account "$info"); [[ -n $v && $v != "(null)" ]] && args+=(--account="$v")
     v=$(_job_field Partition "$info"); [[ -n $v ]] && args+=(--partition="$v")

@@ -48,16 +48,26 @@ def slurm(tmp_path_factory):
 
 
 def sbatch(env, out_dir: Path, *args) -> str:
-    cmd = ["sbatch", "--parsable", f"--output={out_dir}/job-%j.out", *args]
+    """Submit; the allocation holds the 2 tasks its srun steps use (a node of 1 thread a core gives a
+    bare sbatch 1 CPU, and an `srun --ntasks=2` step is refused in it)."""
+    cmd = ["sbatch", "--parsable", "--ntasks=2", f"--output={out_dir}/job-%j.out", *args]
     out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     return out.stdout.strip().split(";")[0]
 
 
-def wait_for(path: Path, timeout: float) -> None:
+def wait_for(path: Path, timeout: float, env: dict | None = None, out_dir: Path | None = None) -> None:
+    """Until ``path`` exists; with ``env`` fail as soon as the queue is empty without it (the job
+    ended), with the tail of its output from ``out_dir``, instead of waiting out the timeout."""
     deadline = time.time() + timeout
     while not path.exists() and time.time() < deadline:
         time.sleep(1)
+        if env is not None and not path.exists():
+            q = subprocess.run(["squeue", "-h"], env=env, capture_output=True, text=True)
+            if q.returncode == 0 and not q.stdout.strip():
+                time.sleep(2)  # a file written just before the job left the queue
+                logs = "".join(f.read_text()[-1500:] for f in (out_dir or path.parent).glob("job-*.out"))
+                assert path.exists(), f"{path}: the job ended without it: {logs}"
     assert path.exists(), f"{path} did not appear within {timeout} s"
 
 
@@ -80,7 +90,7 @@ def straight(slurm, tmp_path_factory):
     """`sbatch slurm/slurm.sbatch ... cycles=3` once, to completion."""
     base = tmp_path_factory.mktemp("sbatch")
     job = sbatch(slurm, base, "--time=10", "slurm/slurm.sbatch", f"run_dir={base}/run", "cycles=3", *SMALL)
-    wait_for(base / "run" / "summary.json", 600)
+    wait_for(base / "run" / "summary.json", 600, slurm, base)
     wait_idle(slurm)
     return base, job
 
@@ -104,7 +114,7 @@ def test_sbatch_runs_the_letkf_on_two_ranks_of_tiles(slurm, tmp_path):
     small = [o for o in SMALL if not o.startswith("filter.n_steps")]  # an EnSF key
     job = sbatch(slurm, tmp_path, "--time=10", "slurm/slurm.sbatch", f"run_dir={tmp_path}/run", "cycles=2",
                  "filter=letkf", *small)  # fmt: skip
-    wait_for(tmp_path / "run" / "summary.json", 600)
+    wait_for(tmp_path / "run" / "summary.json", 600, slurm, tmp_path)
     wait_idle(slurm)
     assert "analysis RMSE" in (tmp_path / f"job-{job}.out").read_text()
     r = rows(tmp_path / "run")
@@ -123,7 +133,7 @@ def test_walltime_stop_resubmits_and_ends_equal_to_an_unbroken_run(slurm, straig
     run_dir = tmp_path / "run"
     args = ["--time=3", "slurm/slurm.sbatch", f"run_dir={run_dir}", "cycles=16", *SMALL]
     first = sbatch(slurm, tmp_path, *args, "platform.stop_margin_s=0", "platform.min_cycle_s=160")
-    wait_for(run_dir / "summary.json", 1200)
+    wait_for(run_dir / "summary.json", 1200, slurm, tmp_path)
     wait_idle(slurm)
     logs = sorted(tmp_path.glob("job-*.out"))
     assert len(logs) >= 2, "the run finished in one job: nothing was resubmitted"
@@ -192,7 +202,7 @@ def test_sbatch_trains_the_score_network_with_srun(slurm, tmp_path):
     over += ["scorenet.batch_size=8", "scorenet.window=1", "parallel=zero2", "parallel.ranks=1"]
     env = slurm | {"SCOREDA_WORKFLOW": "workflows/train_score.py", "DS_ACCELERATOR": "cpu"}
     job = sbatch(env, tmp_path, "--time=10", "slurm/slurm.sbatch", f"scorenet.out_dir={out}", *over)
-    wait_for(out / "report.json", 600)
+    wait_for(out / "report.json", 600, slurm, tmp_path)
     wait_idle(slurm)
     log = (tmp_path / f"job-{job}.out").read_text()
     assert f"scoreda: job {job} on 1 node(s)" in log, log[-2000:]
