@@ -48,9 +48,7 @@ def slurm(tmp_path_factory):
 
 
 def sbatch(env, out_dir: Path, *args) -> str:
-    """Submit; the allocation holds the 2 tasks its srun steps use (a node of 1 thread a core gives a
-    bare sbatch 1 CPU, and an `srun --ntasks=2` step is refused in it)."""
-    cmd = ["sbatch", "--parsable", "--ntasks=2", f"--output={out_dir}/job-%j.out", *args]
+    cmd = ["sbatch", "--parsable", f"--output={out_dir}/job-%j.out", *args]
     out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     return out.stdout.strip().split(";")[0]
