@@ -505,13 +505,12 @@ def test_sda_smoother_script_over_a_window_of_two_filters_runs(tmp_path, tmp_pat
     script = [sys.executable, str(ROOT / "scripts" / "sda_smoother.py")]
     common = ["--weights", str(weights), "--start", "1", "--length", "4", "--samples", "2", "--steps", "4"]
     out = tmp_path / "smoother"
-    r = subprocess.run(
-        [*script, str(tmp_path / "ensf"), str(tmp_path / "letkf"), *common, "--out", str(out)],
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+
+    def smoother(second: str) -> subprocess.CompletedProcess:
+        cmd = [*script, str(tmp_path / "ensf"), str(tmp_path / second), *common, "--out", str(out)]
+        return subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+
+    r = smoother("letkf")
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads((out / "smoother.json").read_text())
     assert res["k"] == 1 and res["cycles"] == [1, 2, 3, 4] and len(res["sda"]) == 4
@@ -522,11 +521,5 @@ def test_sda_smoother_script_over_a_window_of_two_filters_runs(tmp_path, tmp_pat
         got = [row["headline"] for row in res["filters"][name]]
         want = [float(w["rmse_analysis"]) for w in rows[f] if 1 <= int(w["cycle"]) <= 4]
         assert got == pytest.approx(want, rel=1e-5)
-    r = subprocess.run(
-        [*script, str(tmp_path / "ensf"), str(tmp_path / "other"), *common, "--out", str(out)],
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    r = smoother("other")
     assert r.returncode != 0 and "other: its truth differs" in r.stderr
